@@ -1,0 +1,120 @@
+"""The ``damselfly`` command: one entry point for every component.
+
+Each subcommand imports its component lazily so that ``damselfly --help`` stays
+fast and a peer does not pay for importing the operator's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from damselfly import __version__
+from damselfly.logs import LEVELS, setup_logging
+
+# Each subcommand's implementation: a module with ``run(args) -> int``.
+COMMAND_MODULES = {
+    "peer": "damselfly.peer.main",
+    "scheduler": "damselfly.scheduler.main",
+    "operator": "damselfly.operator.main",
+    "get": "damselfly.get",
+    "local": "damselfly.local",
+    "crds": "damselfly.api.crdgen",
+    "render": "damselfly.operator.render_cli",
+}
+
+
+class NotBuiltError(RuntimeError):
+    """A subcommand whose implementation does not exist yet: it must fail loudly."""
+
+
+def load_handler(command: str) -> Callable[[argparse.Namespace], int]:
+    """Import the module behind ``command``; a missing module means "not built yet"."""
+    module_name = COMMAND_MODULES[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise NotBuiltError(f"not built yet ({module_name} does not exist)") from exc
+        raise
+    run: Callable[[argparse.Namespace], int] = module.run
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="damselfly",
+        description="Kubernetes-native peer-to-peer cache for large HTTP downloads.",
+    )
+    parser.add_argument("--version", action="version", version=f"damselfly {__version__}")
+    parser.add_argument(
+        "--log-level",
+        choices=LEVELS,
+        type=str.upper,
+        help="log level (default: $DAMSELFLY_LOG_LEVEL or INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("peer", help="run a peer: caching proxy (65001), upload server (65002)")
+    p.add_argument("--config", "-c", help="peer YAML config (default: built-in defaults)")
+    p.add_argument("--seed", action="store_true", help="run as a seed peer that fetches origins")
+
+    p = sub.add_parser("scheduler", help="run the scheduler that picks parents for peers")
+    p.add_argument("--config", "-c", help="scheduler YAML config")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=8002, help="API port (default 8002)")
+    p.add_argument("--metrics-port", type=int, default=8000, help="metrics port (default 8000)")
+
+    p = sub.add_parser("operator", help="run the kopf operator reconciling P2PCluster/ProxyRule")
+    p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces")
+    p.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port")
+
+    p = sub.add_parser("get", help="download a URL through the swarm (like dfget)")
+    p.add_argument("url", help="the URL to download")
+    p.add_argument("-O", "--output", required=True, help="file to write")
+    p.add_argument("--digest", help="expected digest, sha256:<hex>; verified before success")
+    p.add_argument("--proxy", help="a running peer's proxy, e.g. http://127.0.0.1:65001")
+
+    p = sub.add_parser("local", help="run scheduler, seed and peers on localhost (no Kubernetes)")
+    local = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    up = local.add_parser("up", help="start a local cluster from examples/ or -f files")
+    up.add_argument("-f", "--filename", action="append", help="P2PCluster/ProxyRule YAML")
+    up.add_argument("--peers", type=int, default=3, help="number of peers (default 3)")
+    up.add_argument("--state-dir", help="where caches, logs and pids live")
+    local.add_parser("down", help="stop the local cluster started by 'local up'")
+    local.add_parser("status", help="show the local cluster's processes and ports")
+
+    p = sub.add_parser("crds", help="generate the CRD YAML from the API models")
+    p.add_argument("--output-dir", "-o", help="write crds/*.yaml here instead of stdout")
+    p.add_argument("--check", action="store_true", help="exit 1 if the directory is stale")
+
+    p = sub.add_parser("render", help="print the child manifests of a P2PCluster, no cluster")
+    p.add_argument("-f", "--filename", action="append", required=True, help="CR YAML files")
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    setup_logging(args.command, args.log_level)
+    if args.command == "version":
+        print(f"damselfly {__version__}")
+        return 0
+    try:
+        return load_handler(args.command)(args)
+    except NotBuiltError as exc:
+        print(f"damselfly {args.command}: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

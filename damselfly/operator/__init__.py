@@ -1,0 +1,1 @@
+"""The kopf operator: handlers at the edge, pure manifest rendering inside."""

@@ -1,0 +1,1 @@
+"""The peer: proxy, rules, task ids, piece store, downloader, upload server."""

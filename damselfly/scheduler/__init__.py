@@ -1,0 +1,1 @@
+"""The scheduler: tracks hosts, tasks and peers, and picks parents for peers."""

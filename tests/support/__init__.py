@@ -1,0 +1,1 @@
+"""Helpers every test needs: free ports, real subprocesses, waiting for readiness."""
