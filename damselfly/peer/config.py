@@ -1,0 +1,171 @@
+"""The peer's YAML config, validated by pydantic.
+
+Keys are camelCase, like the custom resources they are rendered from. An error
+names the bad key and value (see ``load_config``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from damselfly.peer.rules import DEFAULT_FILTERED_QUERY_PARAMS, Rule
+from damselfly.quantity import parse_duration, parse_size
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+
+class BasicAuth(_Section):
+    username: str = Field(min_length=1)
+    password: str | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> BasicAuth:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("basicAuth needs exactly one of password or passwordFile")
+        return self
+
+    def resolved_password(self) -> str:
+        if self.password is not None:
+            return self.password
+        assert self.password_file is not None
+        return Path(self.password_file).read_text().strip()
+
+
+class ProxySection(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=65001, ge=0, le=65535)
+    connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=lambda: [443],
+        description="Ports CONNECT may reach; the proxy is not an open relay.",
+    )
+    allow_link_local: bool = Field(
+        default=False, description="Allow 169.254.0.0/16 and fe80::/10 (cloud metadata)."
+    )
+    allowed_client_cidrs: list[str] = Field(
+        default_factory=list, description="Clients allowed to use the proxy; empty = any."
+    )
+    basic_auth: BasicAuth | None = None
+    default_filtered_query_params: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_FILTERED_QUERY_PARAMS)
+    )
+    upstream_connect_timeout: Seconds = 10.0
+    upstream_read_timeout: Seconds = 60.0
+
+    @field_validator("allowed_client_cidrs")
+    @classmethod
+    def _cidrs_parse(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR: {exc}") from exc
+        return values
+
+
+class ListenSection(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(ge=0, le=65535)
+
+
+class StorageSection(_Section):
+    dir: str = "/var/cache/damselfly"
+    quota: Size = Field(default=100 * 2**30, description="Bytes the store may hold.")
+    high_watermark_percent: int = Field(default=90, ge=1, le=100)
+    low_watermark_percent: int = Field(default=70, ge=0, le=99)
+    task_ttl: Seconds = Field(default=7 * 86400, description="Unused tasks older than this go.")
+    gc_interval: Seconds = 60.0
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> StorageSection:
+        if self.low_watermark_percent >= self.high_watermark_percent:
+            raise ValueError(
+                f"lowWatermarkPercent ({self.low_watermark_percent}) must be below "
+                f"highWatermarkPercent ({self.high_watermark_percent})"
+            )
+        return self
+
+
+class RulesSection(_Section):
+    file: str | None = Field(
+        default=None, description="A rules YAML file (or a mounted ConfigMap dir) to watch."
+    )
+    rules: list[Rule] = Field(default_factory=list, description="Rules used when no file.")
+    watch_interval: Seconds = 1.0
+
+
+class SchedulerSection(_Section):
+    addresses: list[str] = Field(default_factory=list, description="host:port of schedulers.")
+    timeout: Seconds = 5.0
+
+
+class PeerConfig(_Section):
+    host_id: str | None = Field(default=None, description="Defaults to the hostname.")
+    advertise_ip: str | None = Field(default=None, description="Address other peers dial.")
+    seed: bool = False
+    proxy: ProxySection = Field(default_factory=ProxySection)
+    upload: ListenSection = Field(default_factory=lambda: ListenSection(port=65002))
+    metrics: ListenSection = Field(default_factory=lambda: ListenSection(port=65003))
+    storage: StorageSection = Field(default_factory=StorageSection)
+    rules: RulesSection = Field(default_factory=RulesSection)
+    scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message names every bad key."""
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> PeerConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return PeerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+
+
+def load_config(path: str | None) -> PeerConfig:
+    """The peer config from a YAML file, or the defaults when ``path`` is None."""
+    if path is None:
+        return PeerConfig()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, path)
