@@ -68,6 +68,9 @@ class ProxySection(_Section):
     default_filtered_query_params: list[str] = Field(
         default_factory=lambda: list(DEFAULT_FILTERED_QUERY_PARAMS)
     )
+    upstream_ca_file: str | None = Field(
+        default=None, description="Extra CA bundle for https origins (default: system CAs)."
+    )
     upstream_connect_timeout: Seconds = 10.0
     upstream_read_timeout: Seconds = 60.0
 

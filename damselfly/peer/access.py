@@ -1,0 +1,99 @@
+"""Access control: the proxy listens on the node network and must not be an open relay."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import socket
+from typing import Any
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+_LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+
+
+class Refused(Exception):
+    """A request the proxy will not serve; ``status`` is 403 or 407."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def is_link_local(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in _LINK_LOCAL)
+
+
+def client_allowed(client_ip: str, cidrs: list[str]) -> bool:
+    if not cidrs:
+        return True
+    try:
+        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def check_basic_auth(header: str | None, username: str, password: str) -> bool:
+    """Constant-time check of a ``Proxy-Authorization: Basic ...`` header."""
+    if not header:
+        return False
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user, _, secret = decoded.partition(":")
+    user_ok = hmac.compare_digest(user.encode(), username.encode())
+    secret_ok = hmac.compare_digest(secret.encode(), password.encode())
+    return user_ok and secret_ok
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp does, minus link-local addresses (cloud metadata).
+
+    Checking the resolved address — not the name — is what stops a DNS name
+    that points at 169.254.169.254 from slipping through.
+    """
+
+    def __init__(self, allow_link_local: bool) -> None:
+        self._inner = DefaultResolver()
+        self._allow_link_local = allow_link_local
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if self._allow_link_local:
+            return results
+        allowed = [r for r in results if not is_link_local(r["host"])]
+        if not allowed:
+            raise OSError(f"{host} resolves only to link-local addresses, which are refused")
+        return allowed
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def resolve_tunnel_target(loop: Any, host: str, port: int, allow_link_local: bool) -> str:
+    """The address a CONNECT tunnel dials: resolved once and checked, then dialled."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in infos]
+    allowed = [a for a in addresses if allow_link_local or not is_link_local(a)]
+    if not allowed:
+        raise Refused(403, "link_local", f"{host} resolves to a link-local address, refused")
+    return allowed[0]

@@ -1,0 +1,130 @@
+"""The cache: the store, the downloads under way, and keeping the store in bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from multidict import CIMultiDict
+
+from damselfly.peer.config import StorageSection
+from damselfly.peer.download import Download
+from damselfly.peer.gc import GcPolicy, StoredTask, select_evictions
+from damselfly.peer.metrics import PeerMetrics
+from damselfly.peer.store import PieceStore, StoreFull, TaskRecord
+from damselfly.peer.taskid import TaskKey
+
+log = logging.getLogger(__name__)
+
+
+class Cache:
+    def __init__(
+        self,
+        store: PieceStore,
+        storage: StorageSection,
+        session: aiohttp.ClientSession,
+        metrics: PeerMetrics,
+    ) -> None:
+        self.store = store
+        self.session = session
+        self.metrics = metrics
+        self.policy = GcPolicy(
+            quota=storage.quota,
+            high_watermark_percent=storage.high_watermark_percent,
+            low_watermark_percent=storage.low_watermark_percent,
+            task_ttl=storage.task_ttl,
+        )
+        self.active: dict[str, Download] = {}
+        self.serving: dict[str, int] = {}  # task id -> clients reading it from the store
+        self._reserve_lock = asyncio.Lock()
+        metrics.store_quota.set(storage.quota)
+        self.update_gauges()
+
+    def complete_record(self, task_id: str) -> TaskRecord | None:
+        record = self.store.get(task_id)
+        return record if record is not None and record.complete else None
+
+    def download(self, key: TaskKey, url: str, headers: CIMultiDict[str]) -> tuple[Download, bool]:
+        """The running download for ``key``, or a new one; True if this call started it."""
+        running = self.active.get(key.task_id)
+        if running is not None:
+            return running, False
+        download = Download(key, url, headers, self.store, self.session, self.metrics, self.reserve)
+        self.active[key.task_id] = download
+        download.start(self._finished)
+        return download, True
+
+    def _finished(self, download: Download) -> None:
+        if self.active.get(download.key.task_id) is download:
+            del self.active[download.key.task_id]
+        self.update_gauges()
+
+    def begin_serving(self, task_id: str) -> None:
+        self.serving[task_id] = self.serving.get(task_id, 0) + 1
+
+    def end_serving(self, task_id: str) -> None:
+        left = self.serving.get(task_id, 0) - 1
+        if left <= 0:
+            self.serving.pop(task_id, None)
+        else:
+            self.serving[task_id] = left
+
+    def in_use(self) -> frozenset[str]:
+        return frozenset(self.active) | frozenset(self.serving)
+
+    async def reserve(self, size: int) -> None:
+        """Make room for ``size`` more bytes, evicting old tasks; StoreFull if impossible."""
+        async with self._reserve_lock:
+            if size > self.policy.quota:
+                raise StoreFull(
+                    f"object of {size} bytes is larger than the store's quota of "
+                    f"{self.policy.quota} bytes"
+                )
+            self.collect(incoming=size + self._pending_bytes())
+            used = self.store.used_bytes() + self._pending_bytes()
+            if used + size > self.policy.quota:
+                raise StoreFull(
+                    f"object of {size} bytes does not fit: {used} of {self.policy.quota} "
+                    "bytes are held by downloads and reads in progress"
+                )
+
+    def _pending_bytes(self) -> int:
+        """Bytes that running downloads have yet to write."""
+        pending = 0
+        for download in self.active.values():
+            record = download.record
+            if record is not None and record.size is not None and not download.complete:
+                pending += record.size - record.stored_bytes
+        return pending
+
+    def collect(self, incoming: int = 0) -> int:
+        """Run GC once; returns the number of tasks removed."""
+        tasks = [StoredTask(*row) for row in self.store.tasks()]
+        evictions = select_evictions(tasks, self.policy, time.time(), self.in_use(), incoming)
+        for task_id, reason in evictions:
+            self.store.delete(task_id)
+            self.metrics.gc_evicted.labels(reason=reason).inc()
+            log.info("evicted", extra={"task": task_id, "reason": reason})
+        if evictions:
+            self.update_gauges()
+        return len(evictions)
+
+    def drop(self, task_id: str, reason: str) -> None:
+        """Remove a task whose stored bytes cannot be trusted."""
+        self.store.delete(task_id)
+        self.metrics.gc_evicted.labels(reason=reason).inc()
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        self.metrics.store_used.set(self.store.used_bytes())
+        self.metrics.store_tasks.set(len(self.store.tasks()))
+
+    async def run_gc(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.collect()
+            except Exception:
+                log.exception("gc failed")

@@ -1,0 +1,193 @@
+"""``damselfly peer``: wire the proxy, cache, rules and health endpoints together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from damselfly import __version__
+from damselfly.peer.access import GuardedResolver
+from damselfly.peer.cache import Cache
+from damselfly.peer.config import ConfigError, PeerConfig, load_config
+from damselfly.peer.metrics import PeerMetrics
+from damselfly.peer.proxy import Proxy, RulesHolder
+from damselfly.peer.rules import CompiledRules, RuleSet
+from damselfly.peer.rulesource import RulesSource
+from damselfly.peer.store import PieceStore
+
+log = logging.getLogger(__name__)
+
+
+class Peer:
+    """One running peer; ``start`` binds its ports, ``stop`` releases everything."""
+
+    def __init__(self, config: PeerConfig) -> None:
+        self.config = config
+        self.host_id = config.host_id or socket.gethostname()
+        self.metrics = PeerMetrics()
+        self.started_at = time.time()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._servers: list[asyncio.Server] = []
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        storage = Path(self.config.storage.dir)
+        self.store = PieceStore(storage, self.config.storage.quota)  # creates the directory
+        self.session = self._client_session()
+        self.cache = Cache(self.store, self.config.storage, self.session, self.metrics)
+        defaults = tuple(self.config.proxy.default_filtered_query_params)
+        self.rules = RulesHolder(CompiledRules(RuleSet(), defaults))
+        self.rules_source = RulesSource(self.config, self.rules, self.metrics, storage)
+        self.rules_source.load_initial()
+        self.proxy = Proxy(self.config.proxy, self.rules, self.cache, self.session, self.metrics)
+        proxy_server = await asyncio.start_server(
+            self.proxy.handle_connection,
+            self.config.proxy.host,
+            self.config.proxy.port,
+            reuse_address=True,
+            limit=1 << 20,
+        )
+        self._servers.append(proxy_server)
+        self.proxy_port = proxy_server.sockets[0].getsockname()[1]
+        self.metrics_port = await self._serve_app(self._health_app(), self.config.metrics)
+        self._tasks.append(asyncio.create_task(self.rules_source.watch()))
+        self._tasks.append(asyncio.create_task(self.cache.run_gc(self.config.storage.gc_interval)))
+        log.info(
+            "peer started",
+            extra={
+                "proxy": f"{self.config.proxy.host}:{self.proxy_port}",
+                "metrics": f"{self.config.metrics.host}:{self.metrics_port}",
+                "store": str(storage),
+                "host_id": self.host_id,
+                "seed": self.config.seed,
+            },
+        )
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        proxy = self.config.proxy
+        ssl_context: ssl.SSLContext | bool = True
+        if proxy.upstream_ca_file:
+            ssl_context = ssl.create_default_context(cafile=proxy.upstream_ca_file)
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=64,
+            resolver=GuardedResolver(proxy.allow_link_local),
+            ssl=ssl_context,
+            enable_cleanup_closed=True,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=proxy.upstream_connect_timeout,
+            sock_read=proxy.upstream_read_timeout,
+        )
+        return aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False, trust_env=False
+        )
+
+    async def _serve_app(self, app: web.Application, listen: Any) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        return int(server.sockets[0].getsockname()[1])
+
+    def _health_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        return app
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        self.cache.update_gauges()
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ready = bool(self._servers) and all(server.is_serving() for server in self._servers)
+        return web.Response(text="ready\n" if ready else "starting\n", status=200 if ready else 503)
+
+    async def _status(self, _: web.Request) -> web.Response:
+        rules = self.rules_source.status
+        return web.json_response(
+            {
+                "version": __version__,
+                "hostId": self.host_id,
+                "seed": self.config.seed,
+                "startedAt": self.started_at,
+                "rules": {
+                    "hash": rules.hash,
+                    "count": rules.count,
+                    "source": rules.source,
+                    "loadedAt": rules.loaded_at,
+                    "lastError": rules.last_error,
+                    "lastErrorAt": rules.last_error_at,
+                },
+                "store": {
+                    "usedBytes": self.store.used_bytes(),
+                    "quotaBytes": self.config.storage.quota,
+                    "tasks": len(self.store.tasks()),
+                    "activeDownloads": len(self.cache.active),
+                },
+            }
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in self._servers:
+            server.close()
+        for runner in self._runners:
+            await runner.cleanup()
+        for download in list(self.cache.active.values()):
+            await download.cancel()
+        await self.session.close()
+        self.store.close()
+        log.info("peer stopped")
+
+
+async def run_until_signalled(config: PeerConfig) -> None:
+    peer = Peer(config)
+    await peer.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await peer.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"damselfly peer: {exc}", file=sys.stderr)
+        return 2
+    if args.seed:
+        config = config.model_copy(update={"seed": True})
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_until_signalled(config))
+    return 0

@@ -1,0 +1,133 @@
+"""Talking to origins: the stat request and ranged piece requests.
+
+Presigned URLs are signed per method, so the stat is a ``GET`` with
+``Range: bytes=0-0`` rather than a ``HEAD``. We always ask for the identity
+encoding, so the bytes we cache are the object itself and never a gzip of it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+
+from damselfly.peer.httputil import HOP_BY_HOP, connection_tokens
+
+# Response headers worth storing and replaying on hits.
+STORED_RESPONSE_HEADERS = (
+    "Content-Type",
+    "Content-Encoding",
+    "ETag",
+    "Last-Modified",
+    "Cache-Control",
+    "Content-Disposition",
+    "Accept-Ranges",
+)
+# Client headers never forwarded on cache fetches: we frame and encode ourselves.
+_NOT_FORWARDED = frozenset(
+    {"host", "range", "accept-encoding", "if-range", "if-none-match", "if-modified-since"}
+)
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class OriginError(RuntimeError):
+    """The origin misbehaved during a piece fetch (wrong status, range, length)."""
+
+
+@dataclass
+class StatResult:
+    """What the first request told us about the object."""
+
+    response: aiohttp.ClientResponse  # still open: its body may be the object itself
+    size: int | None
+    honours_range: bool
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.response.status < 300
+
+
+def forwardable_request_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
+    """Client headers to send upstream on cache fetches (auth headers included)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    connection_named = connection_tokens(headers.getall("Connection", []))
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in connection_named or lowered in _NOT_FORWARDED:
+            continue
+        if lowered.startswith("x-damselfly-"):
+            continue
+        out.add(name, value)
+    out["Accept-Encoding"] = "identity"
+    return out
+
+
+def stored_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    return {
+        name: response.headers[name] for name in STORED_RESPONSE_HEADERS if name in response.headers
+    }
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    if not value:
+        return None
+    match = _CONTENT_RANGE.match(value.strip())
+    if not match:
+        return None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), int(match.group(2)), total
+
+
+async def stat(session: aiohttp.ClientSession, url: str, headers: CIMultiDict[str]) -> StatResult:
+    """GET the first byte. The caller owns (and must release) the response."""
+    request_headers = CIMultiDict(headers)
+    request_headers["Range"] = "bytes=0-0"
+    response = await session.get(
+        url, headers=request_headers, allow_redirects=False, auto_decompress=False
+    )
+    if response.status == 206:
+        parsed = parse_content_range(response.headers.get("Content-Range"))
+        if parsed is None or parsed[0] != 0 or parsed[2] is None:
+            response.release()
+            raise OriginError(
+                f"origin answered 206 with Content-Range {response.headers.get('Content-Range')!r}"
+            )
+        return StatResult(response, parsed[2], honours_range=True)
+    if response.status == 416:
+        parsed = parse_content_range(
+            response.headers.get("Content-Range", "").replace("*/", "0-0/")
+        )
+        if parsed is not None and parsed[2] == 0:  # "bytes */0": an empty object
+            return StatResult(response, 0, honours_range=True)
+    if response.status == 200:
+        return StatResult(response, response.content_length, honours_range=False)
+    return StatResult(response, None, honours_range=False)
+
+
+async def get_range(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: CIMultiDict[str],
+    start: int,
+    end: int,
+    size: int,
+) -> aiohttp.ClientResponse:
+    """A ranged GET of bytes [start, end] that the origin must answer exactly."""
+    request_headers = CIMultiDict(headers)
+    request_headers["Range"] = f"bytes={start}-{end}"
+    response = await session.get(
+        url, headers=request_headers, allow_redirects=False, auto_decompress=False
+    )
+    if response.status != 206:
+        response.release()
+        raise OriginError(f"origin answered {response.status} to a range request")
+    parsed = parse_content_range(response.headers.get("Content-Range"))
+    if parsed != (start, end, size):
+        response.release()
+        raise OriginError(
+            f"origin answered Content-Range {response.headers.get('Content-Range')!r}, "
+            f"expected bytes {start}-{end}/{size} (object changed?)"
+        )
+    return response

@@ -1,0 +1,215 @@
+"""The proxy's front door (port 65001): route each request by rule.
+
+GET/HEAD requests that a rule matches go through the cache; everything else is
+forwarded unchanged, and CONNECT becomes a blind tunnel, so a node-wide
+``http.proxy`` keeps every other remote working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+import h11
+from multidict import CIMultiDict
+
+from damselfly.peer import origin
+from damselfly.peer.access import Refused, check_basic_auth, client_allowed
+from damselfly.peer.cache import Cache
+from damselfly.peer.config import ProxySection
+from damselfly.peer.download import DownloadFailed
+from damselfly.peer.http1 import ClientConnection, ClientGone
+from damselfly.peer.metrics import PeerMetrics
+from damselfly.peer.passthrough import forward, relay_response, response_headers, tunnel
+from damselfly.peer.rules import CompiledRules, RuleMatch
+from damselfly.peer.serve import CACHE_HEADER, TASK_ID_HEADER, serve
+from damselfly.peer.store import StoreFull
+from damselfly.peer.taskid import APPLICATION_HEADER, TAG_HEADER, task_key
+
+log = logging.getLogger(__name__)
+
+
+class RulesHolder:
+    """The rules in force; replaced whole, so a request sees one set start to end."""
+
+    def __init__(self, rules: CompiledRules) -> None:
+        self.current = rules
+
+
+class Proxy:
+    def __init__(
+        self,
+        config: ProxySection,
+        rules: RulesHolder,
+        cache: Cache,
+        session: aiohttp.ClientSession,
+        metrics: PeerMetrics,
+    ) -> None:
+        self.config = config
+        self.rules = rules
+        self.cache = cache
+        self.session = session
+        self.metrics = metrics
+        self._password = config.basic_auth.resolved_password() if config.basic_auth else None
+
+    async def handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = ClientConnection(reader, writer)
+        try:
+            while True:
+                request = await conn.next_request()
+                if request is None:
+                    break
+                await self._handle(conn, request)
+                if not conn.keep_alive():
+                    break
+        except ClientGone:
+            pass
+        except Exception:
+            log.exception("proxy request failed")
+            if not conn.response_started:
+                try:
+                    await conn.simple(500, "damselfly: internal error")
+                except Exception:
+                    conn.abort()
+            else:
+                conn.abort()
+        finally:
+            await conn.close()
+
+    async def _handle(self, conn: ClientConnection, request: h11.Request) -> None:
+        method = request.method.decode("ascii")
+        target = request.target.decode("latin-1")
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+        )
+        try:
+            self._check_access(conn, headers)
+            if method == "CONNECT":
+                await _drain(conn)
+                self.metrics.requests.labels(route="tunnel").inc()
+                await tunnel(
+                    conn,
+                    target,
+                    self.config.connect_ports,
+                    self.config.allow_link_local,
+                    self.config.upstream_connect_timeout,
+                )
+                return
+        except Refused as refused:
+            self.metrics.requests.labels(route="refused").inc()
+            self.metrics.refusals.labels(reason=refused.reason).inc()
+            extra = [("Proxy-Authenticate", 'Basic realm="damselfly"')]
+            await conn.simple(
+                refused.status, f"damselfly: {refused}", extra if refused.status == 407 else None
+            )
+            return
+        if not target.startswith(("http://", "https://")):
+            await _drain(conn)
+            await conn.simple(
+                400,
+                "damselfly: this is an HTTP proxy; send absolute-form requests "
+                "(e.g. curl -x http://this-node:65001 http://host/path)",
+            )
+            return
+        match = self.rules.current.match(target) if method in ("GET", "HEAD") else None
+        if match is None:
+            self.metrics.requests.labels(route="passthrough").inc()
+            await forward(conn, method, target, headers, self.session, self.metrics)
+            return
+        self.metrics.requests.labels(route="cache").inc()
+        await _drain(conn)
+        await self._cached(conn, method, target, headers, match)
+
+    def _check_access(self, conn: ClientConnection, headers: CIMultiDict[str]) -> None:
+        if not client_allowed(conn.client_ip, self.config.allowed_client_cidrs):
+            raise Refused(403, "client_cidr", f"client {conn.client_ip} is not allowed")
+        auth = self.config.basic_auth
+        if (
+            auth is not None
+            and self._password is not None
+            and not check_basic_auth(
+                headers.get("Proxy-Authorization"), auth.username, self._password
+            )
+        ):
+            raise Refused(407, "auth", "proxy authentication required")
+
+    async def _cached(
+        self,
+        conn: ClientConnection,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        match: RuleMatch,
+    ) -> None:
+        key = task_key(
+            target,
+            match.filtered_query_params,
+            headers.get(TAG_HEADER, ""),
+            headers.get(APPLICATION_HEADER, ""),
+            match.rule.content_addressed,
+        )
+        head = method == "HEAD"
+        range_header, if_range = headers.get("Range"), headers.get("If-Range")
+        record = self.cache.complete_record(key.task_id)
+        if record is not None:
+            self.metrics.cache_lookups.labels(result="hit").inc()
+            await serve(conn, self.cache, record, None, head, range_header, if_range, "hit")
+            return
+        self.metrics.cache_lookups.labels(result="miss").inc()
+        if head and key.task_id not in self.cache.active:
+            await self._head_miss(conn, match.upstream_url, headers, key.task_id)
+            return
+        download, created = self.cache.download(key, match.upstream_url, headers)
+        try:
+            await download.wait_started()
+        except DownloadFailed as exc:
+            if isinstance(download.error, StoreFull):
+                log.warning("not caching", extra={"task": key.task_id, "reason": str(exc)})
+                await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
+            else:
+                await conn.simple(502, f"damselfly: fetching {match.upstream_url} failed: {exc}")
+            return
+        if download.answer is not None:
+            if created:
+                await relay_response(conn, download.answer.response, self.metrics)
+            else:  # only the creator can read that answer's body: ask again ourselves
+                await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
+            return
+        assert download.record is not None
+        await serve(
+            conn, self.cache, download.record, download, head, range_header, if_range, "miss"
+        )
+
+    async def _head_miss(
+        self, conn: ClientConnection, url: str, headers: CIMultiDict[str], task_id: str
+    ) -> None:
+        """HEAD of an object not cached: stat it (a GET of one byte), download nothing."""
+        try:
+            result = await origin.stat(
+                self.session, url, origin.forwardable_request_headers(headers)
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError, origin.OriginError) as exc:
+            await conn.simple(502, f"damselfly: fetching {url} failed: {exc}")
+            return
+        try:
+            if not result.ok:
+                await conn.respond(result.response.status, response_headers(result.response))
+                await conn.end()
+                return
+            out = list(origin.stored_headers(result.response).items())
+            out += [("Accept-Ranges", "bytes"), (TASK_ID_HEADER, task_id), (CACHE_HEADER, "miss")]
+            if result.size is not None:
+                out.append(("Content-Length", str(result.size)))
+            await conn.respond(200, out)
+            await conn.end()
+        finally:
+            result.response.release()
+
+
+async def _drain(conn: ClientConnection) -> None:
+    """Read (and drop) a request body we do not forward, so the connection can go on."""
+    async for _ in conn.body():
+        pass

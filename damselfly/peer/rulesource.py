@@ -1,0 +1,163 @@
+"""Where a peer's rules come from, and swapping them in without a restart.
+
+The rules file (or a mounted ConfigMap directory holding ``rules.yaml``) is
+polled; kubelet swaps ConfigMap contents through an atomic ``..data`` symlink,
+so reading the file by path always sees one whole version. A new version is
+rendered into the effective config through a jinja2 template, parsed back, and
+the compiled rules replace the old ones in one assignment. A version that fails
+anywhere along that way leaves the last good rules in force.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+from pydantic import ValidationError
+
+from damselfly.peer.config import PeerConfig, describe_validation_error
+from damselfly.peer.metrics import PeerMetrics
+from damselfly.peer.proxy import RulesHolder
+from damselfly.peer.rules import CompiledRules, RuleSet
+
+log = logging.getLogger(__name__)
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("damselfly.peer", "templates"),
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+)
+
+
+class RulesRejected(ValueError):
+    """A rules version that cannot be used; the message says why."""
+
+
+def rules_path(configured: str) -> Path:
+    path = Path(configured)
+    return path / "rules.yaml" if path.is_dir() else path
+
+
+def render_effective(config: PeerConfig, ruleset: RuleSet, source: str) -> str:
+    return _TEMPLATES.get_template("effective.yaml.j2").render(
+        proxy=config.proxy,
+        rules=ruleset.rules,
+        rules_hash=ruleset.digest(),
+        source=source,
+        rendered_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def compile_effective(text: str, source: str) -> CompiledRules:
+    """Parse a rendered effective config back into compiled rules."""
+    try:
+        data: Any = yaml.safe_load(text)
+        ruleset = RuleSet.model_validate({"rules": data.get("rules") or []})
+    except yaml.YAMLError as exc:
+        raise RulesRejected(f"{source}: rendered config is not YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise RulesRejected(describe_validation_error(exc, source)) from exc
+    defaults = tuple(data["proxy"]["defaultFilteredQueryParams"])
+    return CompiledRules(ruleset, defaults)
+
+
+def parse_rules(text: str, source: str) -> RuleSet:
+    try:
+        return RuleSet.from_yaml(text)
+    except yaml.YAMLError as exc:
+        raise RulesRejected(f"{source}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise RulesRejected(describe_validation_error(exc, source)) from exc
+
+
+@dataclass
+class RulesStatus:
+    hash: str
+    count: int
+    source: str
+    loaded_at: float
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+class RulesSource:
+    """Loads rules into a RulesHolder and keeps them current."""
+
+    def __init__(
+        self, config: PeerConfig, holder: RulesHolder, metrics: PeerMetrics, state_dir: Path
+    ) -> None:
+        self.config = config
+        self.holder = holder
+        self.metrics = metrics
+        self.effective_path = state_dir / "effective.yaml"
+        self._seen_digest: str | None = None
+        self.status = RulesStatus(holder.current.digest, len(holder.current), "none", time.time())
+
+    def apply(self, ruleset: RuleSet, source: str) -> None:
+        """Render, re-parse, compile and swap in ``ruleset``; RulesRejected leaves the old."""
+        text = render_effective(self.config, ruleset, source)
+        compiled = compile_effective(text, source)
+        tmp = self.effective_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.effective_path)
+        self.holder.current = compiled
+        self.status = RulesStatus(compiled.digest, len(compiled), source, time.time())
+        self.metrics.rule_reloads.inc()
+        self.metrics.set_rules(compiled.digest, len(compiled))
+        log.info(
+            "rules loaded",
+            extra={"source": source, "rules": len(compiled), "hash": compiled.digest},
+        )
+
+    def reject(self, error: str) -> None:
+        self.status.last_error = error
+        self.status.last_error_at = time.time()
+        self.metrics.rule_reload_failures.inc()
+        log.error("rules rejected; keeping the last good set", extra={"error": error})
+
+    def load_initial(self) -> None:
+        """Rules at start-up: the file when configured (and valid), else the inline list."""
+        self.apply(RuleSet(rules=self.config.rules.rules), "config")
+        if self.config.rules.file is not None:
+            self.poll_file()
+
+    def poll_file(self) -> bool:
+        """Apply the rules file if it changed; True when a new version went in."""
+        assert self.config.rules.file is not None
+        path = rules_path(self.config.rules.file)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            self.reject(f"{path}: cannot read: {exc.strerror}")
+            return False
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._seen_digest:
+            return False
+        self._seen_digest = digest
+        try:
+            self.apply(parse_rules(data.decode("utf-8", errors="replace"), str(path)), str(path))
+        except RulesRejected as exc:
+            self.reject(str(exc))
+            return False
+        return True
+
+    async def watch(self) -> None:
+        if self.config.rules.file is None:
+            return
+        while True:
+            await asyncio.sleep(self.config.rules.watch_interval)
+            try:
+                self.poll_file()
+            except Exception:
+                log.exception("rules watch failed")

@@ -1,0 +1,173 @@
+"""Answering a client from the cache: a stored object or one still downloading."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from damselfly.peer.cache import Cache
+from damselfly.peer.download import Download, DownloadFailed
+from damselfly.peer.http1 import ClientConnection
+from damselfly.peer.pieces import pieces_covering
+from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
+from damselfly.peer.store import READ_CHUNK, PieceCorrupt, TaskRecord
+
+log = logging.getLogger(__name__)
+
+TASK_ID_HEADER = "X-Damselfly-Task-ID"
+CACHE_HEADER = "X-Damselfly-Cache"
+
+
+def object_headers(record: TaskRecord, cache_state: str) -> list[tuple[str, str]]:
+    headers = [(name, value) for name, value in record.headers.items() if name != "Accept-Ranges"]
+    headers += [
+        ("Accept-Ranges", "bytes"),
+        (TASK_ID_HEADER, record.task_id),
+        (CACHE_HEADER, cache_state),
+    ]
+    return headers
+
+
+def effective_range(
+    range_header: str | None, if_range: str | None, record: TaskRecord
+) -> ByteRange | None:
+    """The range to honour; If-Range that no longer matches means the whole object."""
+    if range_header and if_range:
+        validators = {record.headers.get("ETag"), record.headers.get("Last-Modified")}
+        if if_range.strip() not in validators:
+            return None
+    assert record.size is not None
+    return parse_range(range_header, record.size)
+
+
+async def serve(
+    conn: ClientConnection,
+    cache: Cache,
+    record: TaskRecord,
+    download: Download | None,
+    head: bool,
+    range_header: str | None,
+    if_range: str | None,
+    cache_state: str,
+) -> None:
+    """Answer with the object (or the asked range), as its pieces become available."""
+    if record.size is None and download is not None and not range_header:
+        await _serve_unknown_length(conn, cache, record, download, head, cache_state)
+        return
+    if record.size is None and download is not None:
+        await download.wait_complete()  # a range of a body of unknown length: wait for all
+    if record.size is None:
+        raise DownloadFailed("download ended without a size")
+    headers = object_headers(record, cache_state)
+    try:
+        wanted = effective_range(range_header, if_range, record)
+    except UnsatisfiableRange:
+        await conn.simple(
+            416, "damselfly: range not satisfiable", [("Content-Range", f"bytes */{record.size}")]
+        )
+        return
+    if wanted is None:
+        status, start, end = 200, 0, record.size - 1
+    else:
+        status, start, end = 206, wanted.start, wanted.end
+        headers.append(("Content-Range", wanted.content_range(record.size)))
+    headers.append(("Content-Length", str(end - start + 1)))
+    await conn.respond(status, headers)
+    if head:
+        await conn.end()
+        return
+    await _send_span(conn, cache, record, download, start, end + 1, cache_state)
+
+
+async def _send_span(
+    conn: ClientConnection,
+    cache: Cache,
+    record: TaskRecord,
+    download: Download | None,
+    start: int,
+    stop: int,
+    cache_state: str,
+) -> None:
+    source = "local" if cache_state == "hit" else "origin"
+    fd = cache.store.open_for_read(record.task_id)
+    cache.begin_serving(record.task_id)
+    try:
+        for number in pieces_covering(start, stop, record.piece_length):
+            if download is not None and not await download.wait_piece(number):
+                raise DownloadFailed(f"object ended before piece {number}")
+            piece = record.piece(number)
+            await _send_piece_part(
+                conn, cache, record, fd, number, max(start, piece.offset), min(stop, piece.end)
+            )
+            cache.metrics.served_bytes.labels(source=source).inc(
+                min(stop, piece.end) - max(start, piece.offset)
+            )
+        await conn.end()
+    except (DownloadFailed, PieceCorrupt) as exc:
+        _fail(conn, cache, record, exc)
+    finally:
+        os.close(fd)
+        cache.end_serving(record.task_id)
+    if cache_state == "hit":
+        cache.store.touch(record.task_id)
+
+
+async def _serve_unknown_length(
+    conn: ClientConnection,
+    cache: Cache,
+    record: TaskRecord,
+    download: Download,
+    head: bool,
+    cache_state: str,
+) -> None:
+    """The origin sent no length: stream pieces in order, chunked, as they complete."""
+    await conn.respond(200, object_headers(record, cache_state))
+    if head:
+        await conn.end()
+        return
+    fd = cache.store.open_for_read(record.task_id)
+    cache.begin_serving(record.task_id)
+    try:
+        number = 0
+        while await download.wait_piece(number):
+            piece = record.piece(number)
+            await _send_piece_part(conn, cache, record, fd, number, piece.offset, piece.end)
+            cache.metrics.served_bytes.labels(source="origin").inc(piece.length)
+            number += 1
+        await conn.end()
+    except (DownloadFailed, PieceCorrupt) as exc:
+        _fail(conn, cache, record, exc)
+    finally:
+        os.close(fd)
+        cache.end_serving(record.task_id)
+
+
+async def _send_piece_part(
+    conn: ClientConnection,
+    cache: Cache,
+    record: TaskRecord,
+    fd: int,
+    number: int,
+    start: int,
+    stop: int,
+) -> None:
+    """Send bytes [start, stop) of one piece, after checking the piece's digest."""
+    await asyncio.to_thread(cache.store.verify_piece, fd, record, number)
+    position = start
+    while position < stop:
+        data = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - position), position)
+        if not data:
+            raise PieceCorrupt(f"task {record.task_id}: data file is shorter than piece {number}")
+        await conn.send(data)
+        position += len(data)
+
+
+def _fail(conn: ClientConnection, cache: Cache, record: TaskRecord, exc: Exception) -> None:
+    """Cut the client off: a truncated body must never look complete."""
+    if isinstance(exc, PieceCorrupt):
+        cache.metrics.integrity_failures.labels(kind="piece").inc()
+        if record.complete:
+            cache.drop(record.task_id, "corrupt")
+    log.warning("aborting client response", extra={"task": record.task_id, "error": str(exc)})
+    conn.abort()

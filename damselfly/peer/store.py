@@ -1,0 +1,244 @@
+"""The piece store: one data file per task, pieces at their offsets, metadata in SQLite.
+
+It survives restarts: complete tasks are served again; a half-written task
+keeps its recorded pieces (each with its sha256) so a later download can
+resume, and is never reported as complete. Pieces read back from disk are
+checked against their digest before they are served, once per process run
+(pieces this process wrote were hashed from the very bytes it wrote).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from damselfly.peer.pieces import Piece, piece_at, piece_count
+
+READ_CHUNK = 1 << 20
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    size INTEGER,
+    piece_length INTEGER NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    headers TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    accessed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pieces (
+    task_id TEXT NOT NULL REFERENCES tasks(task_id) ON DELETE CASCADE,
+    number INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (task_id, number)
+);
+"""
+
+
+class PieceCorrupt(RuntimeError):
+    """A stored piece no longer matches its digest; the task has been dropped."""
+
+
+class StoreFull(RuntimeError):
+    """An object cannot fit in the store's quota, even after evicting."""
+
+
+@dataclass
+class TaskRecord:
+    task_id: str
+    url: str
+    size: int | None
+    piece_length: int
+    complete: bool
+    sha256: str | None
+    headers: dict[str, str]
+    created: float
+    accessed: float
+    pieces: dict[int, str] = field(default_factory=dict)  # number -> sha256 hex
+
+    def piece(self, number: int) -> Piece:
+        """Piece geometry; while the size is unknown every piece so far is full."""
+        if self.size is None:
+            return Piece(number, number * self.piece_length, self.piece_length)
+        return piece_at(number, self.size, self.piece_length)
+
+    @property
+    def total_pieces(self) -> int | None:
+        return None if self.size is None else piece_count(self.size, self.piece_length)
+
+    @property
+    def stored_bytes(self) -> int:
+        if self.size is None:
+            return len(self.pieces) * self.piece_length
+        return sum(self.piece(n).length for n in self.pieces)
+
+
+class PieceStore:
+    """Task data files under ``root/data`` and their metadata in ``root/store.db``."""
+
+    def __init__(self, root: Path, quota: int) -> None:
+        self.root = root
+        self.quota = quota
+        self.data_dir = root / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)  # and root with it
+        self._db = sqlite3.connect(root / "store.db", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._verified: set[tuple[str, int]] = set()
+        self._remove_orphan_files()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- paths and files -------------------------------------------------
+    def data_path(self, task_id: str) -> Path:
+        return self.data_dir / task_id[:2] / task_id
+
+    def _remove_orphan_files(self) -> None:
+        """Data files without a task row are leftovers of a crash mid-create."""
+        known = {row[0] for row in self._db.execute("SELECT task_id FROM tasks")}
+        for path in self.data_dir.glob("*/*"):
+            if path.name not in known:
+                path.unlink(missing_ok=True)
+
+    # --- metadata ---------------------------------------------------------
+    def get(self, task_id: str) -> TaskRecord | None:
+        row = self._db.execute(
+            "SELECT task_id, url, size, piece_length, complete, sha256, headers, created,"
+            " accessed FROM tasks WHERE task_id = ?",
+            (task_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        record = TaskRecord(
+            task_id=row[0],
+            url=row[1],
+            size=row[2],
+            piece_length=row[3],
+            complete=bool(row[4]),
+            sha256=row[5],
+            headers=json.loads(row[6]),
+            created=row[7],
+            accessed=row[8],
+        )
+        record.pieces = dict(
+            self._db.execute(
+                "SELECT number, digest FROM pieces WHERE task_id = ?", (task_id,)
+            ).fetchall()
+        )
+        return record
+
+    def begin(
+        self,
+        task_id: str,
+        url: str,
+        size: int | None,
+        piece_length: int,
+        sha256: str | None,
+        headers: dict[str, str],
+    ) -> TaskRecord:
+        """Start (or restart from scratch) a download; its data file is emptied."""
+        now = time.time()
+        self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        self._db.execute(
+            "INSERT INTO tasks (task_id, url, size, piece_length, complete, sha256, headers,"
+            " created, accessed) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?)",
+            (task_id, url, size, piece_length, sha256, json.dumps(headers), now, now),
+        )
+        path = self.data_path(task_id)
+        path.parent.mkdir(exist_ok=True)
+        with path.open("wb") as handle:
+            if size:
+                handle.truncate(size)
+        self._forget_verified(task_id)
+        return TaskRecord(task_id, url, size, piece_length, False, sha256, headers, now, now)
+
+    def record_piece(self, task_id: str, number: int, length: int, digest: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO pieces (task_id, number, length, digest) VALUES (?, ?, ?, ?)",
+            (task_id, number, length, digest),
+        )
+        self._verified.add((task_id, number))
+
+    def set_size(self, task_id: str, size: int) -> None:
+        """For bodies of unknown length: the size, learnt at the end."""
+        self._db.execute("UPDATE tasks SET size = ? WHERE task_id = ?", (size, task_id))
+        os.truncate(self.data_path(task_id), size)
+
+    def mark_complete(self, task_id: str) -> None:
+        self._db.execute(
+            "UPDATE tasks SET complete = 1, accessed = ? WHERE task_id = ?", (time.time(), task_id)
+        )
+
+    def touch(self, task_id: str) -> None:
+        self._db.execute("UPDATE tasks SET accessed = ? WHERE task_id = ?", (time.time(), task_id))
+
+    def delete(self, task_id: str) -> None:
+        self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        self.data_path(task_id).unlink(missing_ok=True)
+        self._forget_verified(task_id)
+
+    def _forget_verified(self, task_id: str) -> None:
+        self._verified = {key for key in self._verified if key[0] != task_id}
+
+    def tasks(self) -> list[tuple[str, bool, float, int]]:
+        """(task_id, complete, accessed, stored bytes) for every task, oldest access first."""
+        rows = self._db.execute(
+            "SELECT t.task_id, t.complete, t.accessed, COALESCE(SUM(p.length), 0)"
+            " FROM tasks t LEFT JOIN pieces p ON p.task_id = t.task_id"
+            " GROUP BY t.task_id ORDER BY t.accessed"
+        ).fetchall()
+        return [(row[0], bool(row[1]), row[2], int(row[3])) for row in rows]
+
+    def used_bytes(self) -> int:
+        """Bytes of pieces this store holds: its own usage, not the filesystem's."""
+        row = self._db.execute("SELECT COALESCE(SUM(length), 0) FROM pieces").fetchone()
+        return int(row[0])
+
+    # --- piece data (blocking: call from a thread) --------------------------
+    def write_at(self, fd: int, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+
+    def open_for_write(self, task_id: str) -> int:
+        return os.open(self.data_path(task_id), os.O_WRONLY)
+
+    def open_for_read(self, task_id: str) -> int:
+        return os.open(self.data_path(task_id), os.O_RDONLY)
+
+    def verify_piece(self, fd: int, record: TaskRecord, number: int) -> None:
+        """Check a piece read back from disk against its digest, once per process run."""
+        if (record.task_id, number) in self._verified:
+            return
+        piece = record.piece(number)
+        digest = hashlib.sha256()
+        for chunk in read_chunks(fd, piece.offset, piece.length):
+            digest.update(chunk)
+        if digest.hexdigest() != record.pieces.get(number):
+            raise PieceCorrupt(f"task {record.task_id} piece {number} does not match its digest")
+        self._verified.add((record.task_id, number))
+
+
+def read_chunks(fd: int, offset: int, length: int, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+    """Bytes [offset, offset+length) of a file, in chunks; a short file is an error."""
+    end = offset + length
+    while offset < end:
+        data = os.pread(fd, min(chunk, end - offset), offset)
+        if not data:
+            raise PieceCorrupt(f"data file ends at {offset}, expected {end} bytes")
+        offset += len(data)
+        yield data
