@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.procs import ManagedProcess
 
+pytest_plugins = ["tests.lfs_rig"]
+
 
 class Processes:
     """Starts real subprocesses for one test and stops them all afterwards."""
