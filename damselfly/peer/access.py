@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -61,6 +62,17 @@ def check_basic_auth(header: str | None, username: str, password: str) -> bool:
     user_ok = hmac.compare_digest(user.encode(), username.encode())
     secret_ok = hmac.compare_digest(secret.encode(), password.encode())
     return user_ok and secret_ok
+
+
+def check_upstream(url: str, allow_link_local: bool) -> None:
+    """Refuse a URL whose host is a link-local IP literal, before any connection.
+
+    aiohttp does not consult the resolver for IP literals, so GuardedResolver
+    alone would not stop ``http://169.254.169.254/``.
+    """
+    host = urlsplit(url).hostname or ""
+    if not allow_link_local and is_link_local(host):
+        raise Refused(403, "link_local", f"{host} is a link-local address, refused")
 
 
 class GuardedResolver(AbstractResolver):

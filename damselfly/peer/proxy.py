@@ -15,7 +15,7 @@ import h11
 from multidict import CIMultiDict
 
 from damselfly.peer import origin
-from damselfly.peer.access import Refused, check_basic_auth, client_allowed
+from damselfly.peer.access import Refused, check_basic_auth, check_upstream, client_allowed
 from damselfly.peer.cache import Cache
 from damselfly.peer.config import ProxySection
 from damselfly.peer.download import DownloadFailed
@@ -99,12 +99,7 @@ class Proxy:
                 )
                 return
         except Refused as refused:
-            self.metrics.requests.labels(route="refused").inc()
-            self.metrics.refusals.labels(reason=refused.reason).inc()
-            extra = [("Proxy-Authenticate", 'Basic realm="damselfly"')]
-            await conn.simple(
-                refused.status, f"damselfly: {refused}", extra if refused.status == 407 else None
-            )
+            await self._refuse(conn, refused)
             return
         if not target.startswith(("http://", "https://")):
             await _drain(conn)
@@ -115,6 +110,12 @@ class Proxy:
             )
             return
         match = self.rules.current.match(target) if method in ("GET", "HEAD") else None
+        try:
+            check_upstream(match.upstream_url if match else target, self.config.allow_link_local)
+        except Refused as refused:
+            await _drain(conn)
+            await self._refuse(conn, refused)
+            return
         if match is None:
             self.metrics.requests.labels(route="passthrough").inc()
             await forward(conn, method, target, headers, self.session, self.metrics)
@@ -122,6 +123,14 @@ class Proxy:
         self.metrics.requests.labels(route="cache").inc()
         await _drain(conn)
         await self._cached(conn, method, target, headers, match)
+
+    async def _refuse(self, conn: ClientConnection, refused: Refused) -> None:
+        self.metrics.requests.labels(route="refused").inc()
+        self.metrics.refusals.labels(reason=refused.reason).inc()
+        extra = (
+            [("Proxy-Authenticate", 'Basic realm="damselfly"')] if refused.status == 407 else None
+        )
+        await conn.simple(refused.status, f"damselfly: {refused}", extra)
 
     def _check_access(self, conn: ClientConnection, headers: CIMultiDict[str]) -> None:
         if not client_allowed(conn.client_ip, self.config.allowed_client_cidrs):
