@@ -1,0 +1,261 @@
+"""One reconcile of one P2PCluster: read, render, apply, report.
+
+Level-triggered: every pass starts from what the API says now, so a missed
+event or an operator restart costs nothing. Any event about the cluster, its
+ProxyRules or its workloads just queues the cluster's key (see main.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from damselfly.api.v1alpha1 import API_VERSION, P2PCluster, ProxyRule
+from damselfly.operator import status as st
+from damselfly.operator.kube import ApiError, Kube, resource_path
+from damselfly.operator.render import FIELD_MANAGER, Names, RuleVerdict, render_cluster
+
+log = logging.getLogger("damselfly.operator")
+Key = tuple[str, str]  # (namespace, cluster name)
+COMPONENT = "damselfly-operator"
+
+
+def _cluster_path(namespace: str, name: str) -> str:
+    return resource_path(API_VERSION, "P2PCluster", namespace, name)
+
+
+def _rule_path(rule: dict[str, Any]) -> str:
+    meta = rule["metadata"]
+    return resource_path(API_VERSION, "ProxyRule", meta["namespace"], meta["name"])
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    now: Callable[[], str] = st.now_rfc3339
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        raw = await self.kube.get(_cluster_path(namespace, name))
+        raw_rules = await self.kube.list(resource_path(API_VERSION, "ProxyRule", namespace))
+        raw_rules = [
+            r for r in raw_rules if r.get("spec", {}).get("clusterRef", {}).get("name") == name
+        ]
+        rules, invalid = self._parse_rules(raw_rules)
+        if raw is None:
+            await self._orphan_rules(raw_rules, name)
+            return
+        try:
+            cluster = P2PCluster.model_validate(raw)
+        except ValidationError as exc:
+            await self._stalled(raw, "InvalidSpec", _validation_message(exc))
+            return
+        if cluster.spec.suspend:
+            await self._write_status(raw, st.suspended_conditions(_conditions(raw)), {})
+            return
+        rendered = render_cluster(cluster, rules)
+        applied: dict[str, dict[str, Any]] = {}
+        error: str | None = None
+        try:
+            # A dry run of everything first: a child the server rejects leaves the
+            # others untouched instead of half-applied.
+            for obj in rendered.objects:
+                await self.kube.apply(obj, FIELD_MANAGER, dry_run=True)
+            for obj in rendered.objects:
+                applied[obj["kind"]] = await self.kube.apply(obj, FIELD_MANAGER)
+        except ApiError as exc:
+            if not exc.permanent:
+                raise
+            error = f"applying {obj['kind']} {obj['metadata']['name']}: {exc.message}"
+        observed = st.Observed(
+            scheduler=applied.get("Deployment"),
+            seed_peers=applied.get("StatefulSet"),
+            peers=applied.get("DaemonSet"),
+            rules=len(rendered.rules.ruleset.rules),
+            rules_hash=rendered.rules.digest,
+            node_port=cluster.spec.proxy.node_port,
+            error=error,
+        )
+        conds, fields = st.cluster_conditions(observed)
+        await self._write_status(raw, conds, fields)
+        by_name = {r["metadata"]["name"]: r for r in raw_rules}
+        await self._rule_statuses(
+            rendered.rules.verdicts, by_name, invalid, Names(name).rules, error
+        )
+
+    # --- rules ---------------------------------------------------------------------
+
+    def _parse_rules(
+        self, raw_rules: list[dict[str, Any]]
+    ) -> tuple[list[ProxyRule], list[tuple[dict[str, Any], str]]]:
+        rules: list[ProxyRule] = []
+        invalid: list[tuple[dict[str, Any], str]] = []
+        for raw in raw_rules:
+            try:
+                rules.append(ProxyRule.model_validate(raw))
+            except ValidationError as exc:
+                invalid.append((raw, _validation_message(exc)))
+        return rules, invalid
+
+    async def _rule_statuses(
+        self,
+        verdicts: list[RuleVerdict],
+        raw_by_name: dict[str, dict[str, Any]],
+        invalid: list[tuple[dict[str, Any], str]],
+        configmap: str,
+        cluster_error: str | None,
+    ) -> None:
+        for verdict in verdicts:
+            raw = raw_by_name[verdict.rule.name]
+            if verdict.accepted:
+                accepted = st.Cond(st.ACCEPTED, True, "Valid", "")
+            else:
+                accepted = st.Cond(st.ACCEPTED, False, verdict.reason, verdict.message)
+            if cluster_error is not None:
+                applied = st.Cond(st.APPLIED, False, "ClusterStalled", cluster_error)
+            elif verdict.applied:
+                applied = st.Cond(st.APPLIED, True, "Applied", f"in ConfigMap {configmap}")
+            elif verdict.accepted:
+                applied = st.Cond(st.APPLIED, False, verdict.reason, verdict.message)
+            else:
+                applied = st.Cond(st.APPLIED, False, "NotAccepted", "the rule was not accepted")
+            await self._write_rule_status(raw, accepted, applied)
+        for raw, message in invalid:
+            await self._write_rule_status(
+                raw,
+                st.Cond(st.ACCEPTED, False, "InvalidRule", message),
+                st.Cond(st.APPLIED, False, "NotAccepted", "the rule was not accepted"),
+            )
+
+    async def _orphan_rules(self, raw_rules: list[dict[str, Any]], cluster: str) -> None:
+        for raw in raw_rules:
+            await self._write_rule_status(
+                raw,
+                _previous(raw, st.ACCEPTED) or st.Cond(st.ACCEPTED, True, "Valid", ""),
+                st.Cond(st.APPLIED, False, "ClusterNotFound", f"no P2PCluster {cluster!r} here"),
+            )
+
+    async def _write_rule_status(
+        self, raw: dict[str, Any], accepted: st.Cond, applied: st.Cond
+    ) -> None:
+        generation = int(raw["metadata"].get("generation") or 0)
+        before = raw.get("status")
+        after = st.rule_status(before, generation, accepted, applied, self.now())
+        if after == before:
+            return
+        try:
+            await self.kube.patch_status(_rule_path(raw), after)
+        except ApiError as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report on
+                raise
+            return
+        for cond in st.transitions((before or {}).get("conditions"), after["conditions"]):
+            if cond["type"] == st.ACCEPTED and cond["status"] == "False":
+                await self._event(raw, "Warning", cond["reason"], cond["message"])
+
+    # --- cluster status --------------------------------------------------------------
+
+    async def _stalled(self, raw: dict[str, Any], reason: str, message: str) -> None:
+        conds = [
+            st.Cond(st.READY, False, reason, message),
+            st.Cond(st.RECONCILING, False, reason, "waiting for a change to the spec"),
+            st.Cond(st.STALLED, True, reason, message),
+        ]
+        await self._write_status(raw, conds, {})
+
+    async def _write_status(
+        self, raw: dict[str, Any], conds: list[st.Cond], fields: dict[str, Any]
+    ) -> None:
+        meta = raw["metadata"]
+        before = raw.get("status")
+        after = st.cluster_status(
+            before, int(meta.get("generation") or 0), conds, fields, self.now()
+        )
+        if after == before:
+            return
+        await self.kube.patch_status(_cluster_path(meta["namespace"], meta["name"]), after)
+        for cond in st.transitions((before or {}).get("conditions"), after["conditions"]):
+            if cond["type"] == st.READY and cond["status"] == "True":
+                await self._event(raw, "Normal", "Ready", cond["message"])
+            elif cond["type"] == st.STALLED and cond["status"] == "True":
+                await self._event(raw, "Warning", cond["reason"], cond["message"])
+            elif cond["type"] == st.RECONCILING and cond["reason"] == "Suspended":
+                await self._event(raw, "Normal", "Suspended", cond["message"])
+
+    async def _event(self, raw: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        try:
+            await self.kube.post_event(raw, type_, reason, message, COMPONENT, self.now())
+        except ApiError as exc:  # an Event is best effort; never fail a reconcile on it
+            log.warning("could not post event %s: %s", reason, exc)
+
+
+def _conditions(raw: dict[str, Any]) -> list[dict[str, Any]] | None:
+    conds: list[dict[str, Any]] | None = (raw.get("status") or {}).get("conditions")
+    return conds
+
+
+def _previous(raw: dict[str, Any], type_: str) -> st.Cond | None:
+    for cond in _conditions(raw) or []:
+        if cond.get("type") == type_:
+            status = {"True": True, "False": False}.get(cond.get("status", ""))
+            return st.Cond(type_, status, cond.get("reason", "Unknown"), cond.get("message", ""))
+    return None
+
+
+@dataclass
+class WorkQueue:
+    """Keys to reconcile, each queued at most once; retries with backoff."""
+
+    _queue: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
+    _pending: set[Key] = field(default_factory=set)
+    _failures: dict[Key, int] = field(default_factory=dict)
+
+    def add(self, key: Key) -> None:
+        if key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    def retry(self, key: Key) -> float:
+        count = self._failures.get(key, 0) + 1
+        self._failures[key] = count
+        delay = min(60.0, 0.5 * float(2 ** (count - 1)))
+        asyncio.get_running_loop().call_later(delay, self.add, key)
+        return delay
+
+    def done(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._pending.discard(key)
+        return key
+
+
+async def work(reconciler: Reconciler, queue: WorkQueue) -> None:
+    """Reconcile queued keys forever, one at a time."""
+    while True:
+        key = await queue.get()
+        started = time.monotonic()
+        try:
+            await reconciler.reconcile(*key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = queue.retry(key)
+            log.warning("reconcile %s/%s failed, retrying in %.1fs: %s", *key, delay, exc)
+        else:
+            queue.done(key)
+            log.debug("reconciled %s/%s in %.3fs", *key, time.monotonic() - started)

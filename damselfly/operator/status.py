@@ -1,0 +1,254 @@
+"""Pure status computation: kstatus-compliant conditions from children's status.
+
+kstatus (what Argo CD, Flux and ``kubectl wait`` read): ``observedGeneration``
+equal to ``metadata.generation`` means the status is current; ``Reconciling``
+True means work is in progress, ``Stalled`` True means it cannot progress
+without a change from the user; ``Ready`` True means everything is available.
+A condition keeps its ``lastTransitionTime`` while its status is unchanged, so
+recomputing an unchanged status yields the same object and no write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+SCHEDULER_AVAILABLE = "SchedulerAvailable"
+SEED_PEERS_AVAILABLE = "SeedPeersAvailable"
+PEERS_AVAILABLE = "PeersAvailable"
+ACCEPTED = "Accepted"
+APPLIED = "Applied"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Cond:
+    type: str
+    status: bool | None  # None = Unknown
+    reason: str
+    message: str = ""
+
+    @property
+    def status_text(self) -> str:
+        return "Unknown" if self.status is None else str(self.status)
+
+
+def merge_conditions(
+    previous: list[dict[str, Any]] | None, new: list[Cond], generation: int, now: str
+) -> list[dict[str, Any]]:
+    """metav1.Conditions for ``new``, keeping a transition time when status is unchanged."""
+    before = {c.get("type"): c for c in previous or []}
+    out = []
+    for cond in new:
+        old = before.get(cond.type)
+        since = now
+        if (
+            old is not None
+            and old.get("status") == cond.status_text
+            and old.get("lastTransitionTime")
+        ):
+            since = str(old["lastTransitionTime"])
+        out.append(
+            {
+                "type": cond.type,
+                "status": cond.status_text,
+                "observedGeneration": generation,
+                "lastTransitionTime": since,
+                "reason": cond.reason,
+                "message": cond.message,
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Counts:
+    desired: int
+    ready: int
+    updated: int
+    current: bool  # the controller has seen the latest spec (observedGeneration)
+
+    @property
+    def available(self) -> bool:
+        return self.current and self.ready >= self.desired and self.updated >= self.desired
+
+    def as_status(self) -> dict[str, int]:
+        return {"desired": self.desired, "ready": self.ready, "updated": self.updated}
+
+
+def _current(obj: dict[str, Any]) -> bool:
+    generation = obj.get("metadata", {}).get("generation", 0)
+    return int(obj.get("status", {}).get("observedGeneration", -1)) >= int(generation)
+
+
+def deployment_counts(obj: dict[str, Any]) -> Counts:
+    status = obj.get("status", {})
+    return Counts(
+        desired=int(obj.get("spec", {}).get("replicas", 1)),
+        ready=int(status.get("readyReplicas", 0)),
+        updated=int(status.get("updatedReplicas", 0)),
+        current=_current(obj),
+    )
+
+
+def statefulset_counts(obj: dict[str, Any]) -> Counts:
+    status = obj.get("status", {})
+    return Counts(
+        desired=int(obj.get("spec", {}).get("replicas", 1)),
+        ready=int(status.get("readyReplicas", 0)),
+        updated=int(status.get("updatedReplicas", 0)),
+        current=_current(obj),
+    )
+
+
+def daemonset_counts(obj: dict[str, Any]) -> Counts:
+    status = obj.get("status", {})
+    return Counts(
+        desired=int(status.get("desiredNumberScheduled", 0)),
+        ready=int(status.get("numberReady", 0)),
+        updated=int(status.get("updatedNumberScheduled", 0)),
+        current=_current(obj),
+    )
+
+
+def availability(type_: str, what: str, counts: Counts) -> Cond:
+    if not counts.current:
+        return Cond(type_, False, "Progressing", f"the {what} controller has not seen the spec")
+    if counts.available:
+        return Cond(
+            type_, True, "MinimumReplicasAvailable", f"{counts.ready}/{counts.desired} {what} ready"
+        )
+    if counts.updated < counts.desired:
+        return Cond(
+            type_,
+            False,
+            "RollingUpdate",
+            f"{counts.updated}/{counts.desired} {what} updated, {counts.ready} ready",
+        )
+    return Cond(type_, False, "ReplicasNotReady", f"{counts.ready}/{counts.desired} {what} ready")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one reconcile saw: the children's status (None when not applied)."""
+
+    scheduler: dict[str, Any] | None
+    seed_peers: dict[str, Any] | None
+    peers: dict[str, Any] | None
+    rules: int
+    rules_hash: str
+    node_port: int
+    error: str | None = None  # apply failed in a way only a spec change fixes
+
+
+def cluster_conditions(observed: Observed) -> tuple[list[Cond], dict[str, Any]]:
+    """Conditions and the count fields of a P2PCluster's status."""
+    fields: dict[str, Any] = {
+        "rules": observed.rules,
+        "rulesHash": observed.rules_hash,
+        "nodePort": observed.node_port,
+    }
+    if observed.error is not None:
+        stalled = [
+            Cond(READY, False, "ApplyFailed", observed.error),
+            Cond(RECONCILING, False, "ApplyFailed", "waiting for a change to the spec"),
+            Cond(STALLED, True, "ApplyFailed", observed.error),
+        ]
+        return stalled, fields
+    parts = [
+        (SCHEDULER_AVAILABLE, "scheduler", "scheduler", observed.scheduler, deployment_counts),
+        (SEED_PEERS_AVAILABLE, "seed peers", "seedPeers", observed.seed_peers, statefulset_counts),
+        (PEERS_AVAILABLE, "peers", "peers", observed.peers, daemonset_counts),
+    ]
+    conds: list[Cond] = []
+    for type_, what, key, obj, count in parts:
+        if obj is None:
+            conds.append(Cond(type_, None, "NotCreated", f"the {what} workload does not exist yet"))
+            continue
+        counts = count(obj)
+        fields[key] = counts.as_status()
+        conds.append(availability(type_, what, counts))
+    waiting = [c for c in conds if c.status is not True]
+    if waiting:
+        message = "; ".join(f"{c.type}: {c.message}" for c in waiting)
+        conds = [
+            Cond(READY, False, "Progressing", message),
+            Cond(RECONCILING, True, "Progressing", message),
+            Cond(STALLED, False, "Progressing", ""),
+            *conds,
+        ]
+    else:
+        conds = [
+            Cond(READY, True, "Available", "all components are available"),
+            Cond(RECONCILING, False, "Available", ""),
+            Cond(STALLED, False, "Available", ""),
+            *conds,
+        ]
+    return conds, fields
+
+
+def suspended_conditions(previous: list[dict[str, Any]] | None) -> list[Cond]:
+    """Suspend keeps the last known availability and says reconciling stopped."""
+    kept = [
+        Cond(
+            c["type"],
+            {"True": True, "False": False}.get(c["status"]),
+            c["reason"],
+            c.get("message", ""),
+        )
+        for c in previous or []
+        if c.get("type") not in (RECONCILING, STALLED)
+    ]
+    return [
+        *kept,
+        Cond(
+            RECONCILING, False, "Suspended", "spec.suspend is true: children are left as they are"
+        ),
+        Cond(STALLED, False, "Suspended", ""),
+    ]
+
+
+def cluster_status(
+    previous: dict[str, Any] | None,
+    generation: int,
+    conds: list[Cond],
+    fields: dict[str, Any],
+    now: str,
+) -> dict[str, Any]:
+    prev = previous or {}
+    status = {k: v for k, v in prev.items() if k not in ("conditions", "observedGeneration")}
+    status.update(fields)
+    status["observedGeneration"] = generation
+    status["conditions"] = merge_conditions(prev.get("conditions"), conds, generation, now)
+    return status
+
+
+def rule_status(
+    previous: dict[str, Any] | None,
+    generation: int,
+    accepted: Cond,
+    applied: Cond,
+    now: str,
+) -> dict[str, Any]:
+    prev = previous or {}
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions(
+            prev.get("conditions"), [accepted, applied], generation, now
+        ),
+    }
+
+
+def transitions(
+    before: list[dict[str, Any]] | None, after: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Conditions whose status changed: the notable ones become Kubernetes Events."""
+    old = {c.get("type"): c.get("status") for c in before or []}
+    return [c for c in after if old.get(c["type"]) != c["status"]]
