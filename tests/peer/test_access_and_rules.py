@@ -221,9 +221,7 @@ def test_rules_file_reloads_without_restart_and_bad_files_keep_the_last_good(
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     (rules_dir / "rules.yaml").write_text("rules: []\n")
-    peer = start_peer(
-        processes, tmp_path, rules={"file": str(rules_dir), "watchInterval": 0.2}
-    )
+    peer = start_peer(processes, tmp_path, rules={"file": str(rules_dir), "watchInterval": 0.2})
     url = f"{origin_url}/hello.txt"
     assert cache_header(peer, url) == "passthrough"
     pid = peer.proc.pid

@@ -1,0 +1,298 @@
+"""The caching data path, end to end: curl -> real peer process -> real origin process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.origin import Origin, start_origin
+from tests.support.peer import PeerHandle, start_peer
+
+MiB = 1 << 20
+SIZE = 10 * MiB + 12345  # three pieces of 4 MiB, the last one short
+RULES = [{"regex": r"/files/"}]
+
+
+@pytest.fixture
+def origin(processes, tmp_path: Path) -> Origin:  # type: ignore[no-untyped-def]
+    root = tmp_path / "www"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "big.bin").write_bytes(os.urandom(SIZE))
+    (root / "files" / "small.txt").write_bytes(b"small object\n")
+    return start_origin(processes, root)
+
+
+@pytest.fixture
+def peer(processes, tmp_path: Path) -> PeerHandle:  # type: ignore[no-untyped-def]
+    return start_peer(processes, tmp_path, rule_list=RULES)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch(peer: PeerHandle, url: str, out: Path, *extra: str) -> tuple[int, dict[str, str]]:
+    """curl through the peer; returns curl's exit code and the response headers."""
+    headers_file = out.with_suffix(".headers")
+    result = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "-x",
+            peer.proxy_url,
+            "-D",
+            str(headers_file),
+            "-o",
+            str(out),
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    headers: dict[str, str] = {}
+    if headers_file.exists():
+        lines = headers_file.read_text().splitlines()
+        for line in lines:
+            if line.startswith("HTTP/"):
+                headers = {":status": line.split()[1]}  # last response wins
+            elif ":" in line:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+    return result.returncode, headers
+
+
+def test_miss_then_hit_serves_identical_bytes_and_spares_the_origin(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    url = origin.url("files/big.bin")
+    expected = sha256_file(origin.directory / "files" / "big.bin")
+    code, first = fetch(peer, url, tmp_path / "1.bin")
+    assert code == 0
+    assert first["x-damselfly-cache"] == "miss"
+    assert first["content-length"] == str(SIZE)
+    assert sha256_file(tmp_path / "1.bin") == expected
+    # One stat (first byte) and one ranged GET per piece, each exactly once.
+    assert sorted(r or "" for r in origin.ranges("files/big.bin")) == sorted(
+        ["bytes=0-0", "bytes=0-4194303", "bytes=4194304-8388607", f"bytes=8388608-{SIZE - 1}"]
+    )
+    assert all(r["accept_encoding"] == "identity" for r in origin.requests("files/big.bin"))
+    before = origin.hits("files/big.bin")
+    code, second = fetch(peer, url, tmp_path / "2.bin")
+    assert code == 0
+    assert second["x-damselfly-cache"] == "hit"
+    assert second["x-damselfly-task-id"] == first["x-damselfly-task-id"]
+    assert sha256_file(tmp_path / "2.bin") == expected
+    assert origin.hits("files/big.bin") == before
+    assert peer.metric("damselfly_peer_cache_lookups_total", result="hit") == 1
+    assert peer.metric("damselfly_peer_served_bytes_total", source="local") == SIZE
+    assert peer.metric("damselfly_peer_downloaded_bytes_total", source="origin") == SIZE
+
+
+def test_presigned_urls_with_fresh_signatures_share_one_entry(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    one = origin.url("files/big.bin") + "?X-Amz-Signature=aaa&X-Amz-Date=1&versionId=3"
+    two = origin.url("files/big.bin") + "?X-Amz-Signature=bbb&X-Amz-Date=2&versionId=3"
+    other = origin.url("files/big.bin") + "?X-Amz-Signature=bbb&versionId=4"
+    assert fetch(peer, one, tmp_path / "1.bin")[1]["x-damselfly-cache"] == "miss"
+    assert fetch(peer, two, tmp_path / "2.bin")[1]["x-damselfly-cache"] == "hit"
+    assert fetch(peer, other, tmp_path / "3.bin")[1]["x-damselfly-cache"] == "miss"
+    # The origin saw the signed query unchanged.
+    queries = {r["query"] for r in origin.requests("files/big.bin")}
+    assert "X-Amz-Signature=aaa&X-Amz-Date=1&versionId=3" in queries
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["during-download", "from-store"])
+def test_ranges_and_head(peer: PeerHandle, origin: Origin, tmp_path: Path, warm: bool) -> None:
+    url = origin.url("files/big.bin")
+    data = (origin.directory / "files" / "big.bin").read_bytes()
+    if warm:
+        fetch(peer, url, tmp_path / "warm.bin")
+    # git-lfs resumes with Range: bytes=N-(size-1) and needs a 206 starting at N.
+    start = 5 * MiB + 7
+    code, headers = fetch(peer, url, tmp_path / "r1.bin", "-r", f"{start}-{SIZE - 1}")
+    assert code == 0
+    assert headers[":status"] == "206"
+    assert headers["content-range"] == f"bytes {start}-{SIZE - 1}/{SIZE}"
+    assert (tmp_path / "r1.bin").read_bytes() == data[start:]
+    code, headers = fetch(peer, url, tmp_path / "r2.bin", "-H", "Range: bytes=-100")
+    assert headers[":status"] == "206"
+    assert (tmp_path / "r2.bin").read_bytes() == data[-100:]
+    code, headers = fetch(peer, url, tmp_path / "r3.bin", "-r", f"{SIZE}-")
+    assert headers[":status"] == "416"
+    assert headers["content-range"] == f"bytes */{SIZE}"
+    code, headers = fetch(peer, url, tmp_path / "h.bin", "-I")
+    assert code == 0
+    assert headers[":status"] == "200"
+    assert headers["content-length"] == str(SIZE)
+    assert headers["accept-ranges"] == "bytes"
+
+
+def test_head_of_an_uncached_object_downloads_nothing(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    code, headers = fetch(peer, origin.url("files/big.bin"), tmp_path / "h", "-I")
+    assert code == 0
+    assert headers["content-length"] == str(SIZE)
+    assert headers["x-damselfly-cache"] == "miss"
+    # A HEAD may be unsigned for presigned URLs: the peer asked with GET for one byte.
+    assert [(r["method"], r["range"]) for r in origin.requests("files/big.bin")] == [
+        ("GET", "bytes=0-0")
+    ]
+
+
+@pytest.mark.parametrize("status", [403, 404, 500])
+def test_origin_errors_reach_the_client_as_they_came_and_are_not_cached(
+    peer: PeerHandle, origin: Origin, tmp_path: Path, status: int
+) -> None:
+    url = origin.url("files/big.bin", status=status)
+    for attempt in (1, 2):
+        code, headers = fetch(peer, url, tmp_path / f"e{attempt}")
+        assert code == 0
+        assert headers[":status"] == str(status)
+        assert (tmp_path / f"e{attempt}").read_text() == f"origin says {status}\n"
+    assert origin.hits("files/big.bin") == 2
+    code, headers = fetch(peer, origin.url("files/missing.bin"), tmp_path / "m")
+    assert headers[":status"] == "404"
+
+
+@pytest.mark.parametrize("mode", ["cut", "norange-cut"])
+def test_a_body_cut_mid_way_is_never_passed_off_as_complete(
+    peer: PeerHandle, origin: Origin, tmp_path: Path, mode: str
+) -> None:
+    # Ranged mode: every piece response (4 MiB) is cut at 1 MiB, retries included.
+    flags: dict[str, str | int] = {"cut": MiB}
+    if mode == "norange-cut":
+        flags = {"cut": 5 * MiB, "norange": 1}
+    url = origin.url("files/big.bin", **flags)
+    code, _headers = fetch(peer, url, tmp_path / "cut.bin")
+    assert code != 0, "curl must see the transfer fail"
+    received = (tmp_path / "cut.bin").stat().st_size if (tmp_path / "cut.bin").exists() else 0
+    assert received < SIZE
+    # Nothing was cached: asking again goes to the origin again.
+    hits = origin.hits("files/big.bin")
+    fetch(peer, url, tmp_path / "cut2.bin")
+    assert origin.hits("files/big.bin") > hits
+
+
+@pytest.mark.parametrize("flag", ["norange", "chunked"])
+def test_origins_that_ignore_range_or_send_no_length_still_work(
+    peer: PeerHandle, origin: Origin, tmp_path: Path, flag: str
+) -> None:
+    url = origin.url("files/big.bin", **{flag: 1})
+    expected = sha256_file(origin.directory / "files" / "big.bin")
+    code, headers = fetch(peer, url, tmp_path / "1.bin")
+    assert code == 0
+    assert sha256_file(tmp_path / "1.bin") == expected
+    assert origin.hits("files/big.bin") == 1  # the stat's full answer was the download
+    code, headers = fetch(peer, url, tmp_path / "2.bin", "-r", "100-199")
+    assert headers["x-damselfly-cache"] == "hit"
+    assert headers[":status"] == "206"
+    assert (tmp_path / "2.bin").read_bytes() == (origin.directory / "files/big.bin").read_bytes()[
+        100:200
+    ]
+    assert origin.hits("files/big.bin") == 1
+
+
+def test_ten_concurrent_requests_share_one_origin_download(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    url = origin.url("files/big.bin", rate=8 * MiB)  # about 1.3 s: everyone joins in time
+    expected = sha256_file(origin.directory / "files" / "big.bin")
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(lambda i: fetch(peer, url, tmp_path / f"c{i}.bin"), range(10)))
+    assert all(code == 0 for code, _ in results)
+    for i in range(10):
+        assert sha256_file(tmp_path / f"c{i}.bin") == expected
+    ranges = origin.ranges("files/big.bin")
+    assert ranges.count("bytes=0-0") == 1
+    assert len(ranges) == 4, ranges
+
+
+def test_gzip_is_never_mixed_up_with_identity(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    url = origin.url("files/big.bin", gzip=1)
+    expected = sha256_file(origin.directory / "files" / "big.bin")
+    code, headers = fetch(peer, url, tmp_path / "g.bin", "-H", "Accept-Encoding: gzip")
+    assert code == 0
+    assert "content-encoding" not in headers
+    assert sha256_file(tmp_path / "g.bin") == expected
+    code, headers = fetch(peer, url, tmp_path / "p.bin")
+    assert headers["x-damselfly-cache"] == "hit"
+    assert sha256_file(tmp_path / "p.bin") == expected
+
+
+def test_pass_through_keeps_the_origin_encoding(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    # Not matched by any rule: forwarded as is, gzip and all, nothing decoded.
+    url = origin.url("other/x", gzip=1)
+    (origin.directory / "other").mkdir()
+    (origin.directory / "other" / "x").write_bytes(b"z" * 100_000)
+    code, headers = fetch(peer, url, tmp_path / "x.gz", "-H", "Accept-Encoding: gzip")
+    assert code == 0
+    assert headers["content-encoding"] == "gzip"
+    assert "x-damselfly-cache" not in headers
+    import gzip
+
+    assert gzip.decompress((tmp_path / "x.gz").read_bytes()) == b"z" * 100_000
+
+
+def test_restart_keeps_the_cache_and_catches_corruption(
+    processes,
+    origin: Origin,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    peer = start_peer(processes, tmp_path, rule_list=RULES)
+    url = origin.url("files/big.bin")
+    expected = sha256_file(origin.directory / "files" / "big.bin")
+    fetch(peer, url, tmp_path / "1.bin")
+    task_id = fetch(peer, url, tmp_path / "1b.bin")[1]["x-damselfly-task-id"]
+    peer.proc.stop()
+    hits = origin.hits("files/big.bin")
+
+    again = start_peer(
+        processes,
+        tmp_path,
+        config=__import__("yaml").safe_load(peer.config_path.read_text()),
+        name="peer-restarted",
+    )
+    code, headers = fetch(again, url, tmp_path / "2.bin")
+    assert code == 0
+    assert headers["x-damselfly-cache"] == "hit"
+    assert sha256_file(tmp_path / "2.bin") == expected
+    assert origin.hits("files/big.bin") == hits
+    again.proc.stop()
+
+    # Flip one byte in the stored data while the peer is down.
+    data_file = peer.store_dir / "data" / task_id[:2] / task_id
+    with data_file.open("r+b") as handle:
+        handle.seek(6 * MiB)
+        byte = handle.read(1)
+        handle.seek(6 * MiB)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    third = start_peer(
+        processes,
+        tmp_path,
+        config=__import__("yaml").safe_load(peer.config_path.read_text()),
+        name="peer-third",
+    )
+    code, _ = fetch(third, url, tmp_path / "3.bin")
+    assert code != 0, "corrupt bytes must not be served as a complete body"
+    assert (tmp_path / "3.bin").stat().st_size <= 4 * MiB  # cut at the bad piece
+    assert third.metric("damselfly_peer_integrity_failures_total", kind="piece") == 1
+    code, headers = fetch(third, url, tmp_path / "4.bin")
+    assert code == 0
+    assert headers["x-damselfly-cache"] == "miss"  # the bad entry was dropped
+    assert sha256_file(tmp_path / "4.bin") == expected
