@@ -53,6 +53,12 @@ GIT_TIMEOUT = 300.0
 
 # Talking to the rig directly never goes through a proxy, whatever the environment says.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# moto checks no signatures, but treats requests without one as anonymous (no DELETE);
+# a SigV4-shaped header makes the rig's own bucket and cleanup calls "signed".
+_S3_AUTH = {
+    "Authorization": "AWS4-HMAC-SHA256 Credential=damselfly-rig/20260101/us-east-1/s3/"
+    "aws4_request, SignedHeaders=host, Signature=" + "0" * 64
+}
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
@@ -226,6 +232,17 @@ class LfsServer:
             answer: dict[str, Any] = json.load(resp)
         return answer
 
+    def delete_objects(self, org: str, repo: str, oids: Sequence[str]) -> None:
+        """Remove objects from the store (moto keeps them in memory or temp files)."""
+        for oid in oids:
+            request = urllib.request.Request(
+                f"{self.moto_url}/{self.bucket}/{org}/{repo}/{oid}",
+                method="DELETE",
+                headers=_S3_AUTH,
+            )
+            with _DIRECT.open(request, timeout=10):
+                pass
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name} (pid {p.pid})\n{p.log_tail()}" for p in self.processes)
 
@@ -368,7 +385,9 @@ def _start_rig(log_dir: Path) -> LfsServer:
         wait_until(
             _http_answers(server.moto_url + RECORDER_PATH), START_TIMEOUT, "moto server", proc=moto
         )
-        create = urllib.request.Request(f"{server.moto_url}/{BUCKET}", method="PUT")
+        create = urllib.request.Request(
+            f"{server.moto_url}/{BUCKET}", method="PUT", headers=_S3_AUTH
+        )
         with _DIRECT.open(create, timeout=10) as resp:
             assert resp.status == 200, f"creating bucket {BUCKET}: HTTP {resp.status}"
 
@@ -444,11 +463,10 @@ def make_lfs_repo(
     lfs_server: LfsServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MakeLfsRepo]:
     """Factory: ``make_lfs_repo(sizes=(...), name=None) -> LfsRepo`` (fresh random objects)."""
-    made: list[Path] = []
+    made: list[LfsRepo] = []
 
     def make(sizes: Sequence[int] = DEFAULT_SIZES, name: str | None = None) -> LfsRepo:
         root = tmp_path_factory.mktemp("lfs-repo")
-        made.append(root)
         org, repo_name = "damselfly", name or f"rig-{uuid.uuid4().hex[:10]}"
         lfs_url = lfs_server.lfs_url(org, repo_name)
         home = root / "home"
@@ -474,7 +492,7 @@ def make_lfs_repo(
         run_git(["remote", "add", "origin", str(bare)], cwd=work, env=env)
         run_git(["lfs", "push", "origin", "main"], cwd=work, env=env)
         run_git(["push", "-q", "origin", "main"], cwd=work, env=env)
-        return LfsRepo(
+        repo = LfsRepo(
             path=bare,
             org=org,
             name=repo_name,
@@ -484,10 +502,13 @@ def make_lfs_repo(
             env=env,
             server=lfs_server,
         )
+        made.append(repo)
+        return repo
 
     yield make
-    for root in made:
-        shutil.rmtree(root, ignore_errors=True)
+    for repo in made:
+        shutil.rmtree(repo.path.parent, ignore_errors=True)
+        lfs_server.delete_objects(repo.org, repo.name, repo.oids)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.lfs_rig import LfsRepo, LfsServer, run_git
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.lfs
 
@@ -78,3 +79,18 @@ def test_git_lfs_sees_the_endpoint_from_lfsconfig(lfs_repo: LfsRepo, tmp_path: P
     dest = lfs_repo.clone(tmp_path / "clone")
     env = run_git(["lfs", "env"], cwd=dest, env=lfs_repo.env)
     assert f"Endpoint={lfs_repo.lfs_url} (auth=none)" in env
+
+
+def test_git_lfs_goes_through_http_proxy_for_the_rig(
+    lfs_repo: LfsRepo, lfs_server: LfsServer, tmp_path: Path
+) -> None:
+    """The rig's address is not loopback, so git-lfs obeys http.proxy: a dead proxy fails it."""
+    port = free_port()
+    dead_proxy = f"http://127.0.0.1:{port}"
+    with pytest.raises(AssertionError, match=rf"lfs pull(.|\n)*127\.0\.0\.1:{port}"):
+        lfs_repo.clone(
+            tmp_path / "clone",
+            config={"http.proxy": dead_proxy, "lfs.transfer.maxretries": "1"},
+            timeout=120,
+        )
+    assert lfs_server.count_store_gets(lfs_repo.oids) == 0
