@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from tests.k8s.controlplane import REPO, ControlPlane, Unavailable, binaries_dir, wait_for
-from tests.support.procs import ManagedProcess
+from tests.support.ports import free_port
+from tests.support.procs import ManagedProcess, http_ok, wait_until
 
 BUILD_TIMEOUT = 3600  # the first build of kube-apiserver on 2 cores
 
@@ -118,30 +119,43 @@ def kubectl(control_plane: ControlPlane) -> Kubectl:
 
 
 @pytest.fixture(scope="session")
-def crds(kubectl: Kubectl) -> None:
-    kubectl.run("apply", "--server-side", "-f", str(REPO / "crds"))
+def installed(kubectl: Kubectl) -> None:
+    """deploy/ as a user installs it: CRDs, namespace, RBAC, operator Deployment."""
+    kubectl.run("apply", "--server-side", "-k", str(REPO / "deploy"))
     for name in ("p2pclusters.damselfly.io", "proxyrules.damselfly.io"):
         kubectl.run("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
 
 
+def operator_kubeconfig(kubectl: Kubectl, control_plane: ControlPlane, path: Path) -> Path:
+    """A kubeconfig with the token of deploy/'s ServiceAccount: the operator runs with
+    exactly the RBAC it ships with, so a missing permission fails these tests."""
+    token = kubectl.run(
+        "create", "token", "damselfly-operator", "-n", "damselfly-system", "--duration=2h"
+    ).stdout.strip()
+    config = json.loads(control_plane.kubeconfig.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path.write_text(json.dumps(config))
+    return path
+
+
 @pytest.fixture(scope="session")
 def operator(
-    control_plane: ControlPlane, crds: None, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane,
+    kubectl: Kubectl,
+    installed: None,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ManagedProcess]:
-    """`damselfly operator` as a real process, with the admin kubeconfig."""
-    from tests.support.ports import free_port
-
+    """`damselfly operator` as a real process, as deploy/'s ServiceAccount."""
     logs = tmp_path_factory.mktemp("operator")
+    kubeconfig = operator_kubeconfig(kubectl, control_plane, logs / "kubeconfig")
     port = free_port()
     proc = ManagedProcess(
         "operator",
         [sys.executable, "-m", "damselfly.cli", "--log-level", "DEBUG", "operator",
          "--health-port", str(port)],
         logs,
-        env={"KUBECONFIG": str(control_plane.kubeconfig)},
+        env={"KUBECONFIG": str(kubeconfig)},
     )  # fmt: skip
-    from tests.support.procs import http_ok, wait_until
-
     wait_until(http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "operator liveness", proc=proc)
     yield proc
     proc.stop()
@@ -149,7 +163,7 @@ def operator(
 
 
 @pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[str]:
+def namespace(kubectl: Kubectl) -> str:
     """A fresh namespace per test, so tests never see each other's objects."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     kubectl.run("create", "namespace", name)
