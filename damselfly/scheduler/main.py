@@ -1,0 +1,76 @@
+"""``damselfly scheduler``: serve the scheduling API and metrics until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from damselfly import __version__
+from damselfly.scheduler.config import ConfigError, SchedulerConfig, load_config
+from damselfly.scheduler.service import SchedulerService
+
+log = logging.getLogger(__name__)
+
+
+async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server
+    assert isinstance(server, asyncio.Server)
+    return runner, int(server.sockets[0].getsockname()[1])
+
+
+async def serve(config: SchedulerConfig, host: str, port: int, metrics_port: int) -> None:
+    """Run until SIGTERM/SIGINT, then stop accepting, finish, and release the ports."""
+    service = SchedulerService(config)
+    await service.start()
+    runners: list[web.AppRunner] = []
+    try:
+        api_runner, api_port = await _serve(service.api_app(), host, port)
+        runners.append(api_runner)
+        metrics_runner, bound_metrics = await _serve(service.metrics_app(), host, metrics_port)
+        runners.append(metrics_runner)
+        log.info(
+            "scheduler started",
+            extra={
+                "version": __version__,
+                "api": f"{host}:{api_port}",
+                "metrics": f"{host}:{bound_metrics}",
+                "candidate_parents": config.candidateParents,
+                "announce_interval": config.announceInterval,
+            },
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("scheduler stopping")
+    finally:
+        await service.stop()
+        for runner in reversed(runners):
+            await runner.cleanup()
+        log.info("scheduler stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"damselfly scheduler: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config, args.host, args.port, args.metrics_port))
+    except OSError as exc:
+        print(f"damselfly scheduler: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,441 @@
+"""The scheduler's in-memory state: hosts, tasks, each task's peers and piece digests.
+
+Synchronous and free of I/O so the service (and the benchmark) can drive it
+directly; the clock is injected so expiry is testable. Everything a restarted
+scheduler needs is re-sent by peers (announces carry what each host holds), so
+nothing here is persisted.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence, Set
+from dataclasses import dataclass, field
+
+from damselfly.scheduler import evaluator, hashring
+from damselfly.scheduler.api import (
+    AnnounceHost,
+    Parent,
+    ParentFailed,
+    PieceReports,
+    RegisterTask,
+    Reschedule,
+    Schedule,
+    TaskResult,
+)
+
+# Piece costs kept per host for the bad-parent rule; a window, so memory is
+# bounded and old behaviour ages out.
+COST_WINDOW = 64
+
+
+@dataclass(slots=True)
+class Host:
+    """A machine running a peer (or seed peer), as last announced."""
+
+    host_id: str
+    last_seen: float
+    ip: str = ""
+    upload_port: int = 0
+    seed: bool = False
+    announced: bool = False
+    upload_slots_total: int = 0
+    upload_slots_free: int = 0
+    disk_free_bytes: int = 0
+    costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
+    upload_successes: int = 0
+    upload_failures: int = 0
+    tasks: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class PeerState:
+    """One host's part in one task."""
+
+    host_id: str
+    finished: set[int] = field(default_factory=set)
+    parents: set[str] = field(default_factory=set)
+    blocklist: set[str] = field(default_factory=set)
+    failed_parents: set[str] = field(default_factory=set)
+    complete: bool = False
+    failed: bool = False
+    reschedules: int = 0
+
+
+@dataclass(slots=True)
+class Task:
+    """One object being distributed, identified by the peers' task id."""
+
+    task_id: str
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    sha256: str | None = None
+    size: int | None = None
+    piece_length: int | None = None
+    piece_digests: dict[int, str] = field(default_factory=dict)
+    peers: dict[str, PeerState] = field(default_factory=dict)
+    failed_seeds: set[str] = field(default_factory=set)
+
+    def total_pieces(self) -> int | None:
+        if self.size is None or not self.piece_length:
+            return None
+        return -(-self.size // self.piece_length)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What ``schedule`` concluded; ``seeds_to_try`` means "trigger one of these"."""
+
+    schedule: Schedule
+    seeds_to_try: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PieceOutcome:
+    """Accounting from one batch of piece reports, for the metrics."""
+
+    accepted: int = 0
+    conflicts: int = 0
+    back_to_source_bytes: int = 0
+    remote_peer_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Limits:
+    """Tunables of scheduling and expiry (from the scheduler config)."""
+
+    candidate_parents: int = 4
+    filter_sample: int = 15
+    announce_interval: float = 5.0
+    host_ttl: float = 15.0
+    reschedule_limit: int = 5
+
+
+class Resources:
+    """Hosts, tasks and peers; the rules of scheduling applied to them."""
+
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.hosts: dict[str, Host] = {}
+        self.tasks: dict[str, Task] = {}
+
+    # -- hosts ---------------------------------------------------------------
+
+    def _host(self, host_id: str) -> Host:
+        host = self.hosts.get(host_id)
+        if host is None:
+            host = Host(host_id=host_id, last_seen=self.clock())
+            self.hosts[host_id] = host
+        return host
+
+    def announce(self, req: AnnounceHost) -> int:
+        """Record a host heartbeat and what it holds; returns digest conflicts seen."""
+        host = self._host(req.host_id)
+        host.last_seen = self.clock()
+        host.ip = req.ip
+        host.upload_port = req.upload_port
+        host.seed = req.seed
+        host.announced = True
+        host.upload_slots_total = req.upload_slots_total
+        host.upload_slots_free = req.upload_slots_free
+        host.disk_free_bytes = req.disk_free_bytes
+        conflicts = 0
+        held: set[str] = set()
+        for item in req.tasks:
+            held.add(item.task_id)
+            task = self._task(item.task_id)
+            if not task.url:
+                task.url = item.url
+            task.size = task.size if item.size is None else item.size
+            task.piece_length = (
+                task.piece_length if item.piece_length is None else item.piece_length
+            )
+            peer = self._peer(task, host)
+            for number, digest in item.piece_digests.items():
+                if self._record_digest(task, number, digest):
+                    peer.finished.add(number)
+                else:
+                    conflicts += 1
+            if item.complete:
+                self._mark_complete(task, peer)
+        # A complete task the host no longer lists was evicted from its store.
+        for task_id in list(host.tasks - held):
+            gone = self.tasks.get(task_id)
+            was = gone.peers.get(host.host_id) if gone else None
+            if gone is not None and was is not None and was.complete:
+                self._drop_peer(gone, host.host_id)
+        return conflicts
+
+    def expire(self) -> list[str]:
+        """Drop hosts not heard from within the TTL; they stop being parents."""
+        deadline = self.clock() - self.limits.host_ttl
+        gone = [h.host_id for h in self.hosts.values() if h.last_seen < deadline]
+        for host_id in gone:
+            self.drop_host(host_id)
+        return gone
+
+    def drop_host(self, host_id: str) -> None:
+        host = self.hosts.pop(host_id, None)
+        if host is None:
+            return
+        for task_id in list(host.tasks):
+            task = self.tasks.get(task_id)
+            if task is not None:
+                self._drop_peer(task, host_id, host)
+
+    def alive_seeds(self) -> list[str]:
+        return [h.host_id for h in self.hosts.values() if h.seed and h.announced]
+
+    # -- tasks ---------------------------------------------------------------
+
+    def _task(self, task_id: str) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            task = Task(task_id=task_id)
+            self.tasks[task_id] = task
+        return task
+
+    def _peer(self, task: Task, host: Host) -> PeerState:
+        peer = task.peers.get(host.host_id)
+        if peer is None:
+            peer = PeerState(host_id=host.host_id)
+            task.peers[host.host_id] = peer
+            host.tasks.add(task.task_id)
+        return peer
+
+    def _drop_peer(self, task: Task, host_id: str, host: Host | None = None) -> None:
+        task.peers.pop(host_id, None)
+        owner = host or self.hosts.get(host_id)
+        if owner is not None:
+            owner.tasks.discard(task.task_id)
+        if not task.peers:
+            del self.tasks[task.task_id]
+
+    @staticmethod
+    def _record_digest(task: Task, number: int, digest: str) -> bool:
+        """First digest reported for a piece wins; False for a conflicting later one."""
+        recorded = task.piece_digests.setdefault(number, digest)
+        return recorded == digest
+
+    @staticmethod
+    def _mark_complete(task: Task, peer: PeerState) -> None:
+        peer.complete = True
+        peer.failed = False
+        peer.parents.clear()  # it no longer depends on anyone: cannot be part of a cycle
+        total = task.total_pieces()
+        if total is not None and len(peer.finished) < total:
+            peer.finished.update(range(total))
+
+    def register(self, req: RegisterTask) -> Decision:
+        """A peer starts (or restarts) a task: remember it and choose parents."""
+        task = self._task(req.task_id)
+        if req.url:
+            task.url = req.url
+        if req.headers:
+            task.headers = dict(req.headers)
+        if req.sha256:
+            task.sha256 = req.sha256
+        if req.size is not None:
+            task.size = req.size
+        if req.piece_length is not None:
+            task.piece_length = req.piece_length
+        peer = self._peer(task, self._host(req.host_id))
+        peer.failed = False
+        peer.reschedules = 0
+        return self._schedule(task, peer)
+
+    def reschedule(self, req: Reschedule) -> Decision:
+        """The peer's parents failed: remember the block list and choose again."""
+        task = self._task(req.task_id)
+        peer = self._peer(task, self._host(req.host_id))
+        peer.blocklist.update(b for b in req.blocklist if b != req.host_id)
+        peer.reschedules += 1
+        if peer.reschedules > self.limits.reschedule_limit:
+            peer.parents.clear()
+            return Decision(self._reply(task, [], back_to_source=True))
+        return self._schedule(task, peer)
+
+    def _candidate(self, task: Task, host_id: str) -> evaluator.Candidate | None:
+        peer = task.peers.get(host_id)
+        host = self.hosts.get(host_id)
+        if peer is None or host is None or peer.failed or not host.announced:
+            return None
+        return evaluator.Candidate(
+            host_id=host_id,
+            seed=host.seed,
+            complete=peer.complete,
+            finished_pieces=len(peer.finished),
+            upload_slots_total=host.upload_slots_total,
+            upload_slots_free=host.upload_slots_free,
+            upload_successes=host.upload_successes,
+            upload_failures=host.upload_failures,
+            piece_costs=host.costs,
+        )
+
+    def _parents_of(self, task: Task) -> Callable[[str], Set[str]]:
+        empty: frozenset[str] = frozenset()
+
+        def parents_of(host_id: str) -> Set[str]:
+            peer = task.peers.get(host_id)
+            return peer.parents if peer is not None else empty
+
+        return parents_of
+
+    def _schedule(self, task: Task, peer: PeerState) -> Decision:
+        child = peer.host_id
+        excluded = peer.blocklist | peer.failed_parents
+        sample = evaluator.filter_candidates(
+            child,
+            evaluator.lazy_shuffle(list(task.peers), self.rng),
+            lambda host_id: self._candidate(task, host_id),
+            excluded,
+            self._parents_of(task),
+            self.limits.filter_sample,
+        )
+        chosen = evaluator.rank(sample, task.total_pieces(), self.limits.candidate_parents)
+        if chosen:
+            peer.parents = {c.host_id for c in chosen}
+            return Decision(self._reply(task, [self._parent(task, c.host_id) for c in chosen]))
+        peer.parents.clear()
+        child_host = self.hosts.get(child)
+        if child_host is not None and child_host.seed:
+            # A seed with no parents fetches the origin itself; it never triggers seeds.
+            return Decision(self._reply(task, [], back_to_source=True))
+        # No usable holder: ask a seed. Seeds already in the task were just
+        # filtered out for a reason, so they are not asked again.
+        seeds = evaluator.seed_order(
+            task.task_id,
+            self.alive_seeds(),
+            excluded | task.failed_seeds | task.peers.keys() | {child},
+            hashring.rank,
+        )
+        return Decision(self._reply(task, [], back_to_source=not seeds), tuple(seeds))
+
+    def _parent(self, task: Task, host_id: str) -> Parent:
+        host = self.hosts[host_id]
+        peer = task.peers.get(host_id)
+        return Parent(
+            host_id=host_id,
+            ip=host.ip,
+            upload_port=host.upload_port,
+            seed=host.seed,
+            complete=peer.complete if peer else False,
+            finished_pieces=len(peer.finished) if peer else 0,
+        )
+
+    @staticmethod
+    def _reply(
+        task: Task,
+        parents: list[Parent],
+        back_to_source: bool = False,
+        seed_triggered: bool = False,
+    ) -> Schedule:
+        return Schedule(
+            parents=parents,
+            back_to_source=back_to_source,
+            seed_triggered=seed_triggered,
+            piece_digests=dict(task.piece_digests),
+            size=task.size,
+            piece_length=task.piece_length,
+        )
+
+    # -- seeds ---------------------------------------------------------------
+
+    def begin_seed(self, task_id: str, seed_id: str, child_id: str) -> Schedule:
+        """Record that ``seed_id`` is being asked to fetch the task; it is the child's parent.
+
+        Done before the trigger request is sent, so children registering
+        meanwhile get the seed as a parent instead of triggering again.
+        """
+        task = self._task(task_id)
+        seed = self._host(seed_id)
+        seed_peer = self._peer(task, seed)
+        seed_peer.parents.clear()
+        child = task.peers.get(child_id)
+        if child is not None:
+            child.parents = {seed_id}
+        return self._reply(task, [self._parent(task, seed_id)], seed_triggered=True)
+
+    def seed_failed(self, task_id: str, seed_id: str, child_id: str) -> None:
+        """The seed could not be triggered: forget it for this task and try no more."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return
+        task.failed_seeds.add(seed_id)
+        peer = task.peers.get(seed_id)
+        if peer is not None and not peer.finished and not peer.complete:
+            self._drop_peer(task, seed_id)
+        child = task.peers.get(child_id)
+        if child is not None:
+            child.parents.discard(seed_id)
+
+    def back_to_source(self, task_id: str) -> Schedule:
+        task = self.tasks.get(task_id)
+        return self._reply(task, [], back_to_source=True) if task else Schedule(back_to_source=True)
+
+    # -- reports -------------------------------------------------------------
+
+    def report_pieces(self, req: PieceReports) -> PieceOutcome:
+        """Record finished pieces: first digest wins, costs go to the serving parent."""
+        task = self._task(req.task_id)
+        peer = self._peer(task, self._host(req.host_id))
+        accepted = conflicts = origin_bytes = peer_bytes = 0
+        for piece in req.pieces:
+            if not self._record_digest(task, piece.number, piece.digest):
+                conflicts += 1
+                continue
+            accepted += 1
+            peer.finished.add(piece.number)
+            parent_id = piece.parent_host_id
+            if parent_id is None:
+                origin_bytes += piece.length
+                continue
+            peer_bytes += piece.length
+            peer.parents.add(parent_id)
+            parent = self.hosts.get(parent_id)
+            if parent is not None:
+                parent.costs.append(piece.cost_ms)
+                parent.upload_successes += 1
+        return PieceOutcome(accepted, conflicts, origin_bytes, peer_bytes)
+
+    def report_result(self, req: TaskResult) -> None:
+        task = self._task(req.task_id)
+        peer = self._peer(task, self._host(req.host_id))
+        if req.size is not None:
+            task.size = req.size
+        if req.piece_length is not None:
+            task.piece_length = req.piece_length
+        if req.success:
+            self._mark_complete(task, peer)
+        else:
+            peer.failed = True
+            peer.complete = False
+            peer.parents.clear()
+
+    def parent_failed(self, req: ParentFailed) -> None:
+        """Lower the parent's record; the child does not get it again for this task."""
+        task = self._task(req.task_id)
+        peer = self._peer(task, self._host(req.host_id))
+        peer.parents.discard(req.parent_host_id)
+        if req.reason == "corrupt":
+            peer.blocklist.add(req.parent_host_id)
+        else:
+            peer.failed_parents.add(req.parent_host_id)
+        parent = self.hosts.get(req.parent_host_id)
+        if parent is not None:
+            parent.upload_failures += 1
+
+    # -- introspection -------------------------------------------------------
+
+    def holders(self, task_id: str) -> Sequence[str]:
+        task = self.tasks.get(task_id)
+        return sorted(task.peers) if task else []
