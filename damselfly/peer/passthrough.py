@@ -64,10 +64,12 @@ async def forward(
     upstream_headers: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in end_to_end(list(headers.items())) if name.lower() != "host"
     )
-    has_body = "Content-Length" in headers or "Transfer-Encoding" in headers
+    has_body = conn.body_pending() and (
+        "Content-Length" in headers or "Transfer-Encoding" in headers
+    )
     data = conn.body() if has_body else None
-    if not has_body:
-        async for _ in conn.body():
+    if not has_body and conn.body_pending():
+        async for _ in conn.body():  # an empty body still ends with EndOfMessage
             pass
     try:
         response = await session.request(

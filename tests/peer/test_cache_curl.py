@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
+import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.origin import Origin, start_origin
 from tests.support.peer import PeerHandle, start_peer
+from tests.support.procs import wait_until
 
 MiB = 1 << 20
 SIZE = 10 * MiB + 12345  # three pieces of 4 MiB, the last one short
@@ -265,7 +269,7 @@ def test_restart_keeps_the_cache_and_catches_corruption(
     again = start_peer(
         processes,
         tmp_path,
-        config=__import__("yaml").safe_load(peer.config_path.read_text()),
+        config=yaml.safe_load(peer.config_path.read_text()),
         name="peer-restarted",
     )
     code, headers = fetch(again, url, tmp_path / "2.bin")
@@ -285,7 +289,7 @@ def test_restart_keeps_the_cache_and_catches_corruption(
     third = start_peer(
         processes,
         tmp_path,
-        config=__import__("yaml").safe_load(peer.config_path.read_text()),
+        config=yaml.safe_load(peer.config_path.read_text()),
         name="peer-third",
     )
     code, _ = fetch(third, url, tmp_path / "3.bin")
@@ -296,3 +300,145 @@ def test_restart_keeps_the_cache_and_catches_corruption(
     assert code == 0
     assert headers["x-damselfly-cache"] == "miss"  # the bad entry was dropped
     assert sha256_file(tmp_path / "4.bin") == expected
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_uploads_pass_through_with_their_body_and_are_never_cached(
+    peer: PeerHandle, origin: Origin, tmp_path: Path, framing: str
+) -> None:
+    """PUT/POST — even to a URL a rule matches — go upstream unchanged, streamed."""
+    body = tmp_path / "upload.bin"
+    body.write_bytes(os.urandom(3 * MiB + 1))
+    url = origin.url("files/upload.bin", echo=1)
+    extra = ["-H", "Transfer-Encoding: chunked"] if framing == "chunked" else []
+    for method in ("POST", "PUT"):
+        result = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "-x",
+                peer.proxy_url,
+                "-X",
+                method,
+                "--data-binary",
+                f"@{body}",
+                "-H",
+                "Authorization: Bearer t0ken",
+                *extra,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        echoed = json.loads(result.stdout)
+        assert echoed["method"] == method
+        assert echoed["length"] == body.stat().st_size
+        assert echoed["sha256"] == sha256_file(body)
+        assert echoed["headers"]["Authorization"] == "Bearer t0ken"
+        if framing == "chunked":
+            assert echoed["transferEncoding"] == "chunked"
+        else:
+            assert echoed["contentLength"] == str(body.stat().st_size)
+    assert peer.metric("damselfly_peer_requests_total", route="passthrough") == 2
+    assert peer.metric("damselfly_peer_requests_total", route="cache") == 0
+
+
+def test_a_content_addressed_object_with_wrong_bytes_is_refused_and_dropped(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    """The URL names a sha256 the bytes do not have: the client must not get a clean body."""
+    claimed = hashlib.sha256(b"what the URL promises").hexdigest()
+    (origin.directory / "files" / claimed).write_bytes(os.urandom(5 * MiB))
+    url = origin.url(f"files/{claimed}")
+    code, _ = fetch(peer, url, tmp_path / "bad.bin")
+    assert code != 0
+    assert (tmp_path / "bad.bin").stat().st_size < 5 * MiB  # the last piece was held back
+    assert peer.metric("damselfly_peer_integrity_failures_total", kind="object") == 1
+    code, headers = fetch(peer, url, tmp_path / "bad2.bin")
+    assert code != 0
+    assert headers.get("x-damselfly-cache") == "miss"  # nothing was kept
+
+
+def test_an_object_larger_than_the_store_passes_through_uncached(
+    processes,
+    origin: Origin,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    peer = start_peer(processes, tmp_path, rule_list=RULES, storage={"quota": "4Mi"})
+    code, _headers = fetch(peer, origin.url("files/big.bin"), tmp_path / "1.bin")
+    assert code == 0
+    assert sha256_file(tmp_path / "1.bin") == sha256_file(origin.directory / "files/big.bin")
+    assert "does not fit" in peer.proc.log_tail() or "larger than the store" in peer.proc.log_tail()
+    assert peer.metric("damselfly_peer_store_used_bytes") == 0
+
+
+def test_store_evicts_least_recently_used_objects_above_the_high_watermark(
+    processes,
+    origin: Origin,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    for name in ("a", "b", "c"):
+        (origin.directory / "files" / name).write_bytes(os.urandom(4 * MiB))
+    peer = start_peer(
+        processes,
+        tmp_path,
+        rule_list=RULES,
+        storage={"quota": "12Mi", "highWatermarkPercent": 90, "lowWatermarkPercent": 70},
+    )
+    fetch(peer, origin.url("files/a"), tmp_path / "a")
+    fetch(peer, origin.url("files/b"), tmp_path / "b")
+    fetch(peer, origin.url("files/a"), tmp_path / "a2")  # a is now the most recently used
+    # 12 MiB would pass the high watermark (10.8 MiB): least recently used b goes,
+    # which brings the store to the low watermark (8.4 MiB) with c.
+    fetch(peer, origin.url("files/c"), tmp_path / "c")
+    assert fetch(peer, origin.url("files/a"), tmp_path / "a3")[1]["x-damselfly-cache"] == "hit"
+    assert fetch(peer, origin.url("files/c"), tmp_path / "c3")[1]["x-damselfly-cache"] == "hit"
+    assert fetch(peer, origin.url("files/b"), tmp_path / "b3")[1]["x-damselfly-cache"] == "miss"
+    assert peer.metric("damselfly_peer_gc_evicted_tasks_total", reason="watermark") >= 1
+
+
+def test_a_download_killed_mid_way_resumes_after_restart(
+    processes,
+    origin: Origin,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    data = os.urandom(SIZE)
+    oid = hashlib.sha256(data).hexdigest()
+    (origin.directory / "files" / oid).write_bytes(data)
+    peer = start_peer(processes, tmp_path, rule_list=RULES)
+    # A slow first attempt (the path flag changes the URL, not the content-addressed task).
+    # Pieces download in parallel at the same rate: the short last one lands first,
+    # and the peer dies while the two full pieces are still on the way.
+    slow = f"{origin.base_url}/@rate={2 * MiB}/files/{oid}"
+    client = subprocess.Popen(
+        ["curl", "-sS", "-x", peer.proxy_url, "-o", "/dev/null", slow],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: peer.metric("damselfly_peer_downloaded_bytes_total", source="origin") > 0,
+            30,
+            "a piece stored",
+        )
+        peer.proc.kill()  # a crash: no clean shutdown
+    finally:
+        client.kill()
+        client.wait()
+    with sqlite3.connect(f"file:{peer.store_dir / 'store.db'}?mode=ro", uri=True) as db:
+        stored = {n for (n,) in db.execute("SELECT number FROM pieces WHERE task_id = ?", (oid,))}
+        complete = db.execute("SELECT complete FROM tasks WHERE task_id = ?", (oid,)).fetchone()
+    assert stored, "the crash came before any piece was stored"
+    assert complete == (0,), "the download finished before the crash"
+    origin.reset()
+    config = yaml.safe_load(peer.config_path.read_text())
+    again = start_peer(processes, tmp_path, config=config, name="peer-restarted")
+    code, headers = fetch(again, origin.url(f"files/{oid}"), tmp_path / "r.bin")
+    assert code == 0
+    assert headers["x-damselfly-cache"] == "miss"
+    assert hashlib.sha256((tmp_path / "r.bin").read_bytes()).hexdigest() == oid
+    fetched = sorted(r for r in origin.ranges(f"files/{oid}") if r != "bytes=0-0")
+    pieces = ["bytes=0-4194303", "bytes=4194304-8388607", f"bytes=8388608-{SIZE - 1}"]
+    assert fetched == sorted(p for n, p in enumerate(pieces) if n not in stored)

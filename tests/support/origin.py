@@ -18,6 +18,9 @@ Behaviours are chosen per request by query flags, or per path by a leading
                file is a plain 404 anyway.
 - ``rate=B``   send at most B bytes per second.
 - ``delay=T``  wait T seconds before answering (for concurrent-request tests).
+- ``echo``     any method: read the whole request body and answer JSON with its
+               method, length, sha256 and the Content-Length/Transfer-Encoding
+               and other headers it arrived with.
 - ``gzip``     when the request's Accept-Encoding allows gzip: the whole body
                gzip-compressed, Content-Encoding: gzip, Range ignored. Always
                ``Vary: Accept-Encoding``.
@@ -143,6 +146,22 @@ class OriginApp:
             body = f"origin says {status}\n"
             entry["bytes_sent"] = len(body)
             return web.Response(status=status, text=body)
+        if "echo" in flags:
+            digest, length = hashlib.sha256(), 0
+            async for chunk in request.content.iter_chunked(CHUNK):
+                digest.update(chunk)
+                length += len(chunk)
+            entry["status"] = 200
+            return web.json_response(
+                {
+                    "method": request.method,
+                    "length": length,
+                    "sha256": digest.hexdigest(),
+                    "contentLength": request.headers.get("Content-Length"),
+                    "transferEncoding": request.headers.get("Transfer-Encoding"),
+                    "headers": dict(request.headers),
+                }
+            )
         if request.method not in ("GET", "HEAD"):
             entry["status"] = 405
             return web.Response(status=405, text="only GET and HEAD\n")
