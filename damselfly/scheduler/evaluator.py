@@ -68,6 +68,16 @@ def success_rate(successes: int, failures: int) -> float:
     return (successes + 1) / (successes + failures + 2)
 
 
+def host_type_score(candidate: Candidate) -> float:
+    """A seed still fetching is the swarm's source: best. A seed that is done is
+    worst, so ordinary peers carry the load and seeds keep their bandwidth for
+    tasks nobody else holds yet.
+    """
+    if not candidate.seed:
+        return 0.5
+    return 0.25 if candidate.complete else 1.0
+
+
 def score(candidate: Candidate, total_pieces: int | None) -> float:
     """A parent's desirability in [0, 1]; higher is better."""
     if candidate.complete:
@@ -82,8 +92,7 @@ def score(candidate: Candidate, total_pieces: int | None) -> float:
     else:
         free = 0.5  # not announced: neither favoured nor ruled out
     success = success_rate(candidate.upload_successes, candidate.upload_failures)
-    # Prefer ordinary peers so seeds keep their bandwidth for tasks nobody else holds.
-    host_type = 0.5 if candidate.seed else 1.0
+    host_type = host_type_score(candidate)
     return (
         WEIGHT_FINISHED * finished
         + WEIGHT_FREE_UPLOAD * free

@@ -1,0 +1,71 @@
+"""Running a real ``damselfly scheduler`` process for tests."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.ports import free_ports
+from tests.support.procs import ManagedProcess, http_ok, wait_until
+
+
+@dataclass
+class SchedulerHandle:
+    proc: ManagedProcess
+    port: int
+    metrics_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample, 0.0 if absent."""
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as resp:
+            text = resp.read().decode()
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        key = f"{name}{{{wanted}}}" if labels else name
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == key:
+                return float(value)
+        return 0.0
+
+
+def start_scheduler(
+    processes: Any,
+    tmp_path: Path,
+    name: str = "scheduler",
+    config: dict[str, Any] | None = None,
+    ports: tuple[int, int] | None = None,
+) -> SchedulerHandle:
+    """Start a scheduler on loopback and wait until it is ready."""
+    port, metrics_port = ports or tuple(free_ports(2))
+    argv = [
+        sys.executable,
+        "-m",
+        "damselfly.cli",
+        "--log-level",
+        "DEBUG",
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+    ]
+    if config is not None:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        argv += ["-c", str(path)]
+    proc = processes.start(name, argv)
+    wait_until(http_ok(f"http://127.0.0.1:{port}/readyz"), 30, f"{name} ready", proc=proc)
+    return SchedulerHandle(proc, port, metrics_port)
