@@ -10,7 +10,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from damselfly.peer.config import StorageSection
-from damselfly.peer.download import Download
+from damselfly.peer.download import P2P, Download
 from damselfly.peer.gc import GcPolicy, StoredTask, select_evictions
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.store import PieceStore, StoreFull, TaskRecord
@@ -26,10 +26,12 @@ class Cache:
         storage: StorageSection,
         session: aiohttp.ClientSession,
         metrics: PeerMetrics,
+        p2p: P2P | None = None,
     ) -> None:
         self.store = store
         self.session = session
         self.metrics = metrics
+        self.p2p = p2p
         self.policy = GcPolicy(
             quota=storage.quota,
             high_watermark_percent=storage.high_watermark_percent,
@@ -46,12 +48,31 @@ class Cache:
         record = self.store.get(task_id)
         return record if record is not None and record.complete else None
 
-    def download(self, key: TaskKey, url: str, headers: CIMultiDict[str]) -> tuple[Download, bool]:
-        """The running download for ``key``, or a new one; True if this call started it."""
+    def download(
+        self,
+        key: TaskKey,
+        url: str,
+        headers: CIMultiDict[str],
+        back_to_source: bool = False,
+    ) -> tuple[Download, bool]:
+        """The running download for ``key``, or a new one; True if this call started it.
+
+        ``back_to_source``: fetch from the origin without asking the swarm (seed peers).
+        """
         running = self.active.get(key.task_id)
         if running is not None:
             return running, False
-        download = Download(key, url, headers, self.store, self.session, self.metrics, self.reserve)
+        download = Download(
+            key,
+            url,
+            headers,
+            self.store,
+            self.session,
+            self.metrics,
+            self.reserve,
+            p2p=self.p2p,
+            back_to_source=back_to_source,
+        )
         self.active[key.task_id] = download
         download.start(self._finished)
         return download, True

@@ -90,6 +90,11 @@ class ListenSection(_Section):
     port: int = Field(ge=0, le=65535)
 
 
+class UploadSection(ListenSection):
+    port: int = Field(default=65002, ge=0, le=65535)
+    slots: int = Field(default=32, ge=1, description="Pieces served to other peers at once.")
+
+
 class StorageSection(_Section):
     dir: str = "/var/cache/damselfly"
     quota: Size = Field(default=100 * 2**30, description="Bytes the store may hold.")
@@ -117,8 +122,15 @@ class RulesSection(_Section):
 
 
 class SchedulerSection(_Section):
-    addresses: list[str] = Field(default_factory=list, description="host:port of schedulers.")
-    timeout: Seconds = 5.0
+    addresses: list[str] = Field(
+        default_factory=list, description="host:port of schedulers; empty: no P2P, origin only."
+    )
+    timeout: Seconds = Field(default=2.0, description="Per call; a slow scheduler means origin.")
+    announce_interval: Seconds = 5.0
+    piece_timeout: Seconds = Field(default=30.0, description="One piece from one parent.")
+    stall_timeout: Seconds = Field(
+        default=10.0, description="No parent news for this long: fetch the rest from the origin."
+    )
 
 
 class PeerConfig(_Section):
@@ -126,7 +138,7 @@ class PeerConfig(_Section):
     advertise_ip: str | None = Field(default=None, description="Address other peers dial.")
     seed: bool = False
     proxy: ProxySection = Field(default_factory=ProxySection)
-    upload: ListenSection = Field(default_factory=lambda: ListenSection(port=65002))
+    upload: UploadSection = Field(default_factory=UploadSection)
     metrics: ListenSection = Field(default_factory=lambda: ListenSection(port=65003))
     storage: StorageSection = Field(default_factory=StorageSection)
     rules: RulesSection = Field(default_factory=RulesSection)

@@ -16,8 +16,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -26,13 +27,20 @@ from damselfly.peer import origin
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.pieces import Piece, piece_length
 from damselfly.peer.store import PieceStore, TaskRecord, read_chunks
+from damselfly.peer.swarm import ParentError, ParentLink, Swarm, TaskInfo
 from damselfly.peer.taskid import TaskKey
+from damselfly.scheduler import api
+from damselfly.scheduler.client import SchedulerClient, SchedulerError
 
 log = logging.getLogger(__name__)
 
 WRITE_BUFFER = 1 << 20
 PIECE_WORKERS = 4
+SWARM_WORKERS = 8
 PIECE_ATTEMPTS = 3
+RESCHEDULE_LIMIT = 3
+# Request headers a seed needs to fetch the same URL (LFS hrefs carry auth headers).
+SEED_HEADERS = ("authorization", "cookie", "x-amz-security-token")
 
 
 class DownloadFailed(RuntimeError):
@@ -50,6 +58,16 @@ class OriginAnswer:
 Reserve = Callable[[int], Awaitable[None]]
 
 
+@dataclass
+class P2P:
+    """How downloads reach the swarm: the scheduler and the limits on waiting for it."""
+
+    client: SchedulerClient
+    host_id: str
+    piece_timeout: float
+    stall_timeout: float
+
+
 class Download:
     def __init__(
         self,
@@ -60,9 +78,13 @@ class Download:
         session: aiohttp.ClientSession,
         metrics: PeerMetrics,
         reserve: Reserve,
+        p2p: P2P | None = None,
+        back_to_source: bool = False,
     ) -> None:
         self.key = key
         self.url = url
+        self.p2p = p2p
+        self.back_to_source = back_to_source
         self.headers = origin.forwardable_request_headers(headers)
         self.store = store
         self.session = session
@@ -77,7 +99,10 @@ class Download:
         self._started = asyncio.Event()
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
-        self.readers = 0
+        self._digests: dict[int, str] = {}  # from the scheduler: the first producer's
+        self._reports: set[asyncio.Task[None]] = set()
+        self._last_progress = time.monotonic()
+        self._reschedules = 0
 
     # --- client side --------------------------------------------------------
     def start(self, on_finish: Callable[[Download], None]) -> None:
@@ -112,6 +137,20 @@ class Download:
                     return self.servable(number)
                 await self._changed.wait()
 
+    def servable_pieces(self) -> dict[int, str]:
+        record = self.record
+        if record is None:
+            return {}
+        return {n: d for n, d in record.pieces.items() if self.servable(n)}
+
+    async def wait_progress(self, known: int) -> None:
+        """Until more than ``known`` pieces are servable, or the download ends."""
+        async with self._changed:
+            while len(self.servable_pieces()) <= known and not self.complete:
+                if self.error is not None:
+                    raise DownloadFailed(str(self.error))
+                await self._changed.wait()
+
     async def wait_complete(self) -> None:
         async with self._changed:
             while not self.complete:
@@ -132,6 +171,7 @@ class Download:
             outcome = "complete"
         except Exception as exc:
             self.error = exc
+            self._report_result(self.record, str(exc))
             if self.answer is None:
                 log.warning("download failed", extra={"task": self.key.task_id, "error": str(exc)})
         finally:
@@ -141,37 +181,85 @@ class Download:
                 self.metrics.task_duration.labels(outcome=outcome).observe(time.monotonic() - began)
 
     async def _download(self) -> None:
-        result = await origin.stat(self.session, self.url, self.headers)
-        if not result.ok:
-            self.answer = OriginAnswer(result.response)
-            self._started.set()
-            return
-        try:
-            record = await self._prepare_record(result)
-            if result.honours_range and result.size is not None:
-                result.response.release()
-                self._started.set()
-                await self._fetch_missing_pieces(record)
-            else:
-                self._started.set()
-                await self._stream_whole_body(record, result.response)
-        finally:
-            result.response.release()
+        schedule = await self._register() if self.p2p and not self.back_to_source else None
+        record = None
+        if schedule is not None and schedule.parents:
+            record = await self._download_from_swarm(schedule)
+        if record is None:
+            record = await self._download_from_origin()
+            if record is None:
+                return  # the origin's own answer goes to the client
         await self._verify_object(record)
         self.store.mark_complete(record.task_id)
         self.complete = True
         self._held_back = None
         await self._notify()
+        self._report_result(record, None)
 
-    async def _prepare_record(self, result: origin.StatResult) -> TaskRecord:
-        headers = origin.stored_headers(result.response)
-        size = result.size
+    async def _download_from_origin(self) -> TaskRecord | None:
+        result = await origin.stat(self.session, self.url, self.headers)
+        if not result.ok:
+            self.answer = OriginAnswer(result.response)
+            self._started.set()
+            return None
+        try:
+            record = await self._open_record(
+                result.size, None, origin.stored_headers(result.response), result.honours_range
+            )
+            if result.honours_range and result.size is not None:
+                result.response.release()
+                self._started.set()
+                await self._fetch_pieces(record, None)
+            else:
+                self._started.set()
+                await self._stream_whole_body(record, result.response)
+        finally:
+            result.response.release()
+        return record
+
+    async def _download_from_swarm(self, schedule: api.Schedule) -> TaskRecord | None:
+        """Pieces from parents (the origin fills what they cannot); None: no parent answered."""
+        assert self.p2p is not None
+        swarm = Swarm(self.key.task_id, self.session, self.p2p.piece_timeout)
+        self._digests = dict(schedule.piece_digests)
+        swarm.add(schedule.parents)
+        try:
+            info = await self._first_parent_info(swarm)
+            if info is None or info.size is None:
+                log.info(
+                    "no parent answered; going to the origin", extra={"task": self.key.task_id}
+                )
+                return None
+            record = await self._open_record(info.size, info.piece_length, info.headers, True)
+            self._started.set()
+            await self._fetch_pieces(record, swarm)
+            return record
+        finally:
+            await swarm.close()
+
+    async def _first_parent_info(self, swarm: Swarm) -> TaskInfo | None:
+        assert self.p2p is not None
+        deadline = time.monotonic() + self.p2p.stall_timeout
+        while swarm.info() is None and swarm.alive() and time.monotonic() < deadline:
+            await swarm.wait_news(deadline - time.monotonic())
+        return swarm.info()
+
+    async def _open_record(
+        self,
+        size: int | None,
+        length: int | None,
+        headers: dict[str, str],
+        resumable: bool,
+    ) -> TaskRecord:
+        """The task's record: the stored half-download when it is the same object, else new."""
+        length = length or piece_length(size)
         previous = self.store.get(self.key.task_id)
         if (
             previous is not None
             and not previous.complete
-            and result.honours_range
+            and resumable
             and previous.size == size
+            and previous.piece_length == length
             and _same_validators(previous.headers, headers)
         ):
             log.info("resuming", extra={"task": self.key.task_id, "pieces": len(previous.pieces)})
@@ -181,64 +269,226 @@ class Download:
         if size is not None:
             await self.reserve(size)
         record = self.store.begin(
-            self.key.task_id, self.key.cache_url, size, piece_length(size), self.key.sha256, headers
+            self.key.task_id, self.key.cache_url, size, length, self.key.sha256, headers
         )
         self.record = record
         return record
 
-    async def _fetch_missing_pieces(self, record: TaskRecord) -> None:
+    async def _fetch_pieces(self, record: TaskRecord, swarm: Swarm | None) -> None:
+        """Fetch every missing piece, each from a parent that has it or else the origin."""
         total = record.total_pieces or 0
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for number in range(total):
-            if number not in self._done:
-                queue.put_nowait(number)
         if self.key.sha256 is not None and total:
             self._held_back = total - 1
+        in_flight: set[int] = set()
+        failures: dict[int, int] = {}
         fd = self.store.open_for_write(record.task_id)
-        try:
-            workers = [
-                asyncio.create_task(self._piece_worker(record, fd, queue))
-                for _ in range(min(PIECE_WORKERS, queue.qsize()))
-            ]
-            try:
-                await asyncio.gather(*workers)
-            finally:
-                for worker in workers:
-                    worker.cancel()
-                await asyncio.gather(*workers, return_exceptions=True)
-        finally:
-            os.close(fd)
 
-    async def _piece_worker(self, record: TaskRecord, fd: int, queue: asyncio.Queue[int]) -> None:
-        assert record.size is not None
-        while not queue.empty():
-            piece = record.piece(queue.get_nowait())
-            for attempt in range(1, PIECE_ATTEMPTS + 1):
+        async def worker() -> None:
+            while True:
+                wanted = [n for n in range(total) if n not in self._done and n not in in_flight]
+                if not wanted:
+                    return
+                link: ParentLink | None = None
+                number = wanted[0]
+                if swarm is not None and not self._stalled(swarm):
+                    choice = swarm.pick(wanted)
+                    if choice is None:
+                        await self._wait_for_parents(swarm)
+                        continue
+                    number, link = choice
+                in_flight.add(number)
                 try:
-                    await self._fetch_piece_from_origin(record, fd, piece)
-                    break
+                    await self._fetch_piece(record, fd, record.piece(number), swarm, link)
+                except ParentError as exc:
+                    await self._parent_failed(swarm, exc)
                 except (aiohttp.ClientError, OSError, TimeoutError, origin.OriginError) as exc:
-                    if attempt == PIECE_ATTEMPTS:
+                    failures[number] = failures.get(number, 0) + 1
+                    if failures[number] >= PIECE_ATTEMPTS:
                         raise DownloadFailed(
-                            f"piece {piece.number} failed {attempt} times: {exc}"
+                            f"piece {number} failed {failures[number]} times: {exc}"
                         ) from exc
                     log.info(
                         "piece retry",
-                        extra={"task": record.task_id, "piece": piece.number, "error": str(exc)},
+                        extra={"task": record.task_id, "piece": number, "error": str(exc)},
                     )
-                    await asyncio.sleep(0.2 * attempt)
+                    await asyncio.sleep(0.2 * failures[number])
+                finally:
+                    in_flight.discard(number)
 
-    async def _fetch_piece_from_origin(self, record: TaskRecord, fd: int, piece: Piece) -> None:
-        assert record.size is not None
-        response = await origin.get_range(
-            self.session, self.url, self.headers, piece.offset, piece.end - 1, record.size
-        )
+        count = SWARM_WORKERS if swarm is not None else PIECE_WORKERS
+        workers = [asyncio.create_task(worker()) for _ in range(max(1, min(count, total)))]
         try:
-            digest = await self._write_stream(fd, piece.offset, piece.length, _body(response))
+            await asyncio.gather(*workers)
         finally:
-            response.release()
-        self.metrics.downloaded_bytes.labels(source="origin").inc(piece.length)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            os.close(fd)
+
+    def _stalled(self, swarm: Swarm) -> bool:
+        """No usable parent, or no news from any parent for too long: use the origin."""
+        assert self.p2p is not None
+        if not swarm.alive():
+            return True
+        quiet = time.monotonic() - max(swarm.last_news, self._last_progress)
+        return quiet > self.p2p.stall_timeout
+
+    async def _wait_for_parents(self, swarm: Swarm) -> None:
+        await swarm.wait_news(0.5)
+        if not swarm.alive() and self._reschedules < RESCHEDULE_LIMIT:
+            await self._reschedule(swarm)
+
+    async def _fetch_piece(
+        self,
+        record: TaskRecord,
+        fd: int,
+        piece: Piece,
+        swarm: Swarm | None,
+        link: ParentLink | None,
+    ) -> None:
+        began = time.monotonic()
+        if link is None or swarm is None:
+            assert record.size is not None
+            response = await origin.get_range(
+                self.session, self.url, self.headers, piece.offset, piece.end - 1, record.size
+            )
+            try:
+                digest = await self._write_stream(fd, piece.offset, piece.length, _body(response))
+            finally:
+                response.release()
+            source = "origin"
+        else:
+            try:
+                digest = await self._write_stream(
+                    fd, piece.offset, piece.length, swarm.fetch(link, piece)
+                )
+            except origin.OriginError as exc:
+                raise ParentError(link.parent.host_id, "unreachable", str(exc)) from exc
+            expected = self._digests.get(piece.number) or link.pieces.get(piece.number)
+            if digest != expected:
+                self.metrics.integrity_failures.labels(kind="parent").inc()
+                raise ParentError(
+                    link.parent.host_id,
+                    "corrupt",
+                    f"piece {piece.number} from {link.parent.host_id} has sha256 {digest}, "
+                    f"expected {expected}",
+                )
+            source = "parent"
+        self.metrics.downloaded_bytes.labels(source=source).inc(piece.length)
         await self._piece_done(record, piece.number, piece.length, digest)
+        self._report_piece(
+            piece, digest, time.monotonic() - began, link.parent.host_id if link else None
+        )
+
+    # --- the scheduler -----------------------------------------------------------
+    async def _register(self) -> api.Schedule | None:
+        assert self.p2p is not None
+        seed_headers = {
+            name: value for name, value in self.headers.items() if name.lower() in SEED_HEADERS
+        }
+        try:
+            return await self.p2p.client.register(
+                api.RegisterTask(
+                    task_id=self.key.task_id,
+                    host_id=self.p2p.host_id,
+                    url=self.url,
+                    headers=seed_headers,
+                    sha256=self.key.sha256,
+                )
+            )
+        except SchedulerError as exc:
+            log.warning(
+                "scheduler unavailable; going to the origin",
+                extra={"task": self.key.task_id, "error": str(exc)},
+            )
+            return None
+
+    async def _reschedule(self, swarm: Swarm) -> None:
+        assert self.p2p is not None
+        self._reschedules += 1
+        try:
+            schedule = await self.p2p.client.reschedule(
+                api.Reschedule(
+                    task_id=self.key.task_id,
+                    host_id=self.p2p.host_id,
+                    blocklist=swarm.blocked_ids(),
+                )
+            )
+        except SchedulerError:
+            return
+        self._digests.update(schedule.piece_digests)
+        swarm.add(schedule.parents)
+
+    async def _parent_failed(self, swarm: Swarm | None, exc: ParentError) -> None:
+        log.info(
+            "parent failed",
+            extra={
+                "task": self.key.task_id,
+                "parent": exc.host_id,
+                "reason": exc.reason,
+                "error": str(exc),
+            },
+        )
+        if swarm is not None:
+            swarm.block(exc.host_id)
+        if self.p2p is not None:
+            self._spawn_report(
+                self.p2p.client.parent_failed(
+                    api.ParentFailed(
+                        task_id=self.key.task_id,
+                        host_id=self.p2p.host_id,
+                        parent_host_id=exc.host_id,
+                        reason=exc.reason,
+                    )
+                )
+            )
+
+    def _report_piece(self, piece: Piece, digest: str, seconds: float, parent: str | None) -> None:
+        if self.p2p is None:
+            return
+        report = api.PieceReport(
+            number=piece.number,
+            digest=digest,
+            length=piece.length,
+            cost_ms=seconds * 1000,
+            parent_host_id=parent,
+        )
+        self._spawn_report(
+            self.p2p.client.report_pieces(
+                api.PieceReports(
+                    task_id=self.key.task_id, host_id=self.p2p.host_id, pieces=[report]
+                )
+            )
+        )
+
+    def _report_result(self, record: TaskRecord | None, error: str | None) -> None:
+        if self.p2p is None:
+            return
+        self._spawn_report(
+            self.p2p.client.report_result(
+                api.TaskResult(
+                    task_id=self.key.task_id,
+                    host_id=self.p2p.host_id,
+                    success=error is None,
+                    size=record.size if record else None,
+                    piece_length=record.piece_length if record else None,
+                    error=error,
+                )
+            )
+        )
+
+    def _spawn_report(self, call: Coroutine[Any, Any, None]) -> None:
+        """Reports are best effort: the download never waits for the scheduler."""
+
+        async def send() -> None:
+            try:
+                await call
+            except SchedulerError as exc:
+                log.debug("report not delivered", extra={"error": str(exc)})
+
+        task = asyncio.create_task(send())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
 
     async def _write_stream(
         self, fd: int, offset: int, length: int, chunks: AsyncIterator[bytes]
@@ -271,6 +521,7 @@ class Download:
         self.store.record_piece(record.task_id, number, length, digest)
         record.pieces[number] = digest
         self._done.add(number)
+        self._last_progress = time.monotonic()
         await self._notify()
 
     async def _stream_whole_body(
@@ -302,6 +553,7 @@ class Download:
                 while view:
                     if pending is not None:
                         await self._piece_done(record, pending[0], length, pending[1])
+                        self._report_piece(record.piece(pending[0]), pending[1], 0.0, None)
                         pending = None
                     take = view[: length - filled - len(buffer)]
                     view = view[len(take) :]
@@ -329,6 +581,7 @@ class Download:
             if self.key.sha256 is not None:
                 self._held_back = last[0]
             await self._piece_done(record, *last)
+            self._report_piece(record.piece(last[0]), last[2], 0.0, None)
 
     def _hash_and_write(self, digest: hashlib._Hash, fd: int, offset: int, data: bytes) -> None:
         digest.update(data)

@@ -16,17 +16,24 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from damselfly import __version__
 from damselfly.peer.access import GuardedResolver
+from damselfly.peer.announcer import Announcer
 from damselfly.peer.cache import Cache
 from damselfly.peer.config import ConfigError, PeerConfig, load_config
+from damselfly.peer.download import P2P
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import Proxy, RulesHolder
 from damselfly.peer.rules import CompiledRules, RuleSet
 from damselfly.peer.rulesource import RulesSource
 from damselfly.peer.store import PieceStore
+from damselfly.peer.taskid import TaskKey
+from damselfly.peer.upload import UploadServer
+from damselfly.scheduler import api
+from damselfly.scheduler.client import SchedulerClient
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,16 @@ class Peer:
         storage = Path(self.config.storage.dir)
         self.store = PieceStore(storage, self.config.storage.quota)  # creates the directory
         self.session = self._client_session()
-        self.cache = Cache(self.store, self.config.storage, self.session, self.metrics)
+        self.scheduler = self._scheduler_client()
+        p2p = None
+        if self.scheduler is not None:
+            p2p = P2P(
+                client=self.scheduler,
+                host_id=self.host_id,
+                piece_timeout=self.config.scheduler.piece_timeout,
+                stall_timeout=self.config.scheduler.stall_timeout,
+            )
+        self.cache = Cache(self.store, self.config.storage, self.session, self.metrics, p2p)
         defaults = tuple(self.config.proxy.default_filtered_query_params)
         self.rules = RulesHolder(CompiledRules(RuleSet(), defaults))
         self.rules_source = RulesSource(self.config, self.rules, self.metrics, storage)
@@ -63,6 +79,22 @@ class Peer:
         self._servers.append(proxy_server)
         self.proxy_port = proxy_server.sockets[0].getsockname()[1]
         self.metrics_port = await self._serve_app(self._health_app(), self.config.metrics)
+        self.upload = UploadServer(
+            self.cache, self.config.upload.slots, self._seed if self.config.seed else None
+        )
+        self.upload_port = await self._serve_app(self.upload.app(), self.config.upload)
+        if self.scheduler is not None:
+            announcer = Announcer(
+                self.scheduler,
+                self.cache,
+                self.host_id,
+                self.advertise_ip(),
+                self.upload_port,
+                self.config.seed,
+                (self.config.upload.slots, self.config.upload.slots),
+                self.config.scheduler.announce_interval,
+            )
+            self._tasks.append(asyncio.create_task(announcer.run(lambda: self.upload.slots_free)))
         self._tasks.append(asyncio.create_task(self.rules_source.watch()))
         self._tasks.append(asyncio.create_task(self.cache.run_gc(self.config.storage.gc_interval)))
         log.info(
@@ -70,11 +102,41 @@ class Peer:
             extra={
                 "proxy": f"{self.config.proxy.host}:{self.proxy_port}",
                 "metrics": f"{self.config.metrics.host}:{self.metrics_port}",
+                "upload": f"{self.config.upload.host}:{self.upload_port}",
+                "schedulers": self.config.scheduler.addresses,
                 "store": str(storage),
                 "host_id": self.host_id,
                 "seed": self.config.seed,
             },
         )
+
+    def _scheduler_client(self) -> SchedulerClient | None:
+        if not self.config.scheduler.addresses:
+            return None
+        return SchedulerClient(
+            self.config.scheduler.addresses, self.session, self.config.scheduler.timeout
+        )
+
+    def advertise_ip(self) -> str:
+        """The address other peers dial: configured, the upload bind address, or the route's."""
+        if self.config.advertise_ip:
+            return self.config.advertise_ip
+        if self.config.upload.host not in ("0.0.0.0", "::", ""):
+            return self.config.upload.host
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only routed, never sent
+                return str(probe.getsockname()[0])
+            except OSError:
+                return "127.0.0.1"
+
+    def _seed(self, request: api.SeedRequest) -> None:
+        """The scheduler asks this seed to fetch a task from the origin."""
+        if self.cache.complete_record(request.task_id) is not None:
+            return
+        key = TaskKey(task_id=request.task_id, cache_url=request.url, sha256=request.sha256)
+        log.info("seeding", extra={"task": request.task_id, "url": request.url})
+        self.cache.download(key, request.url, CIMultiDict(request.headers), back_to_source=True)
 
     def _client_session(self) -> aiohttp.ClientSession:
         proxy = self.config.proxy
@@ -143,6 +205,8 @@ class Peer:
                     "lastError": rules.last_error,
                     "lastErrorAt": rules.last_error_at,
                 },
+                "uploadPort": self.upload_port,
+                "proxyPort": self.proxy_port,
                 "store": {
                     "usedBytes": self.store.used_bytes(),
                     "quotaBytes": self.config.storage.quota,

@@ -29,6 +29,11 @@ class PeerMetrics:
             ["source"],
             registry=r,
         )
+        self.uploaded_bytes = Counter(
+            "damselfly_peer_uploaded_bytes",
+            "Piece bytes this peer served to other peers",
+            registry=r,
+        )
         self.passthrough_bytes = Counter(
             "damselfly_peer_passthrough_bytes",
             "Response bytes relayed for requests that bypass the cache",

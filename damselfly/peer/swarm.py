@@ -1,0 +1,201 @@
+"""A child's view of its parents for one task: who holds which piece, and fetching it.
+
+Each parent streams its piece list over one long-lived request (NDJSON lines,
+``GET /v1/tasks/{id}/pieces`` on its upload server), so a child learns of new
+pieces the moment the parent has them — no fixed-interval polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from damselfly.peer.pieces import Piece
+from damselfly.scheduler import api
+
+log = logging.getLogger(__name__)
+
+MAX_REQUESTS_PER_PARENT = 4
+
+
+@dataclass
+class TaskInfo:
+    """What a parent says about the object: enough to start a record."""
+
+    size: int | None
+    piece_length: int
+    headers: dict[str, str]
+
+
+@dataclass
+class ParentLink:
+    parent: api.Parent
+    pieces: dict[int, str] = field(default_factory=dict)  # number -> digest it claims
+    complete: bool = False
+    info: TaskInfo | None = None
+    dead: bool = False  # its piece stream ended in error
+    blocked: bool = False  # served bytes that did not match: never again for this task
+    in_flight: int = 0
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.parent.ip}:{self.parent.upload_port}"
+
+    @property
+    def usable(self) -> bool:
+        return not self.dead and not self.blocked
+
+
+class ParentError(Exception):
+    """A parent failed to deliver a piece; ``reason`` is as the scheduler expects."""
+
+    def __init__(self, host_id: str, reason: api.ParentFailureReason, message: str) -> None:
+        super().__init__(message)
+        self.host_id = host_id
+        self.reason: api.ParentFailureReason = reason
+
+
+class Swarm:
+    def __init__(self, task_id: str, session: aiohttp.ClientSession, piece_timeout: float) -> None:
+        self.task_id = task_id
+        self.session = session
+        self.piece_timeout = piece_timeout
+        self.links: dict[str, ParentLink] = {}
+        self.last_news = time.monotonic()
+        self._news = asyncio.Condition()
+
+    def add(self, parents: list[api.Parent]) -> None:
+        """Start watching new parents; known (or blocked) ones are left as they are."""
+        for parent in parents:
+            link = self.links.get(parent.host_id)
+            if link is not None and not link.dead:
+                continue
+            if link is not None and link.blocked:
+                continue
+            link = ParentLink(parent)
+            self.links[parent.host_id] = link
+            link.watcher = asyncio.create_task(self._watch(link))
+
+    def alive(self) -> bool:
+        return any(link.usable for link in self.links.values())
+
+    def info(self) -> TaskInfo | None:
+        for link in self.links.values():
+            if link.info is not None and link.usable:
+                return link.info
+        return None
+
+    def pick(self, wanted: list[int]) -> tuple[int, ParentLink] | None:
+        """The first wanted piece some usable parent holds, from the least busy holder."""
+        for number in wanted:
+            holders = [
+                link
+                for link in self.links.values()
+                if link.usable
+                and number in link.pieces
+                and link.in_flight < MAX_REQUESTS_PER_PARENT
+            ]
+            if holders:
+                best = min(holders, key=lambda h: (h.in_flight, not h.complete, not h.parent.seed))
+                return number, best
+        return None
+
+    def block(self, host_id: str) -> None:
+        if host_id in self.links:
+            self.links[host_id].blocked = True
+
+    def blocked_ids(self) -> list[str]:
+        return [host for host, link in self.links.items() if link.blocked or link.dead]
+
+    async def wait_news(self, seconds: float) -> None:
+        async with self._news:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), seconds)
+
+    async def _announce_news(self) -> None:
+        self.last_news = time.monotonic()
+        async with self._news:
+            self._news.notify_all()
+
+    async def _watch(self, link: ParentLink) -> None:
+        url = f"{link.base_url}/v1/tasks/{self.task_id}/pieces"
+        try:
+            async with self.session.get(
+                url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+            ) as response:
+                if response.status != 200:
+                    raise ParentError(
+                        link.parent.host_id, "unreachable", f"{url}: {response.status}"
+                    )
+                async for line in response.content:
+                    if line.strip():
+                        self._apply(link, json.loads(line))
+                        await self._announce_news()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info(
+                "parent piece stream ended",
+                extra={"task": self.task_id, "parent": link.parent.host_id, "error": str(exc)},
+            )
+        if not link.complete:
+            link.dead = True
+        await self._announce_news()
+
+    @staticmethod
+    def _apply(link: ParentLink, message: dict[str, object]) -> None:
+        if "pieceLength" in message:
+            size = message.get("size")
+            headers = message.get("headers") or {}
+            link.info = TaskInfo(
+                size=int(size) if isinstance(size, int) else None,
+                piece_length=int(str(message["pieceLength"])),
+                headers={str(k): str(v) for k, v in dict(headers).items()},  # type: ignore[call-overload]
+            )
+        pieces = message.get("pieces")
+        if isinstance(pieces, dict):
+            link.pieces.update({int(k): str(v) for k, v in pieces.items()})
+        if "piece" in message:
+            link.pieces[int(str(message["piece"]))] = str(message["digest"])
+        if message.get("complete"):
+            link.complete = True
+
+    async def fetch(self, link: ParentLink, piece: Piece) -> AsyncIterator[bytes]:
+        """The bytes of one piece from one parent (a range GET on its upload server)."""
+        link.in_flight += 1
+        host = link.parent.host_id
+        try:
+            try:
+                response = await self.session.get(
+                    f"{link.base_url}/v1/tasks/{self.task_id}",
+                    headers={"Range": f"bytes={piece.offset}-{piece.end - 1}"},
+                    timeout=aiohttp.ClientTimeout(total=self.piece_timeout, sock_connect=5),
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise ParentError(host, "unreachable", f"{host}: {exc}") from exc
+            try:
+                if response.status != 206:
+                    raise ParentError(host, "unreachable", f"{host} answered {response.status}")
+                try:
+                    async for chunk in response.content.iter_any():
+                        yield chunk
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    raise ParentError(host, "unreachable", f"{host}: {exc!r}") from exc
+            finally:
+                response.release()
+        finally:
+            link.in_flight -= 1
+
+    async def close(self) -> None:
+        watchers = [link.watcher for link in self.links.values() if link.watcher is not None]
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)

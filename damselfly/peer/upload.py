@@ -1,0 +1,177 @@
+"""The upload server (port 65002): other peers fetch pieces here.
+
+- ``GET /v1/tasks/{id}/pieces``: NDJSON, first the object's geometry, headers
+  and the pieces held, then a line per new piece while the download runs.
+- ``GET /v1/tasks/{id}`` with ``Range`` covering one piece: its bytes (206),
+  checked against their digest before they leave.
+- ``POST /v1/seed``: the scheduler asks a seed peer to fetch a task (202).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from damselfly.peer.cache import Cache
+from damselfly.peer.download import Download, DownloadFailed
+from damselfly.peer.ranges import UnsatisfiableRange, parse_range
+from damselfly.peer.store import READ_CHUNK, PieceCorrupt, TaskRecord
+from damselfly.scheduler import api
+
+log = logging.getLogger(__name__)
+
+
+def _line(message: dict[str, object]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class UploadServer:
+    def __init__(
+        self,
+        cache: Cache,
+        slots: int,
+        on_seed: Callable[[api.SeedRequest], None] | None,
+    ) -> None:
+        self.cache = cache
+        self.slots_total = slots
+        self.uploads = 0
+        self.on_seed = on_seed
+
+    @property
+    def slots_free(self) -> int:
+        return max(0, self.slots_total - self.uploads)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/tasks/{task_id}/pieces", self.piece_stream)
+        app.router.add_get("/v1/tasks/{task_id}", self.piece_data)
+        app.router.add_post(api.SEED_PATH, self.seed)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _source(self, task_id: str) -> tuple[TaskRecord, Download | None] | None:
+        download = self.cache.active.get(task_id)
+        if download is not None:
+            try:
+                await download.wait_started()
+            except DownloadFailed:
+                return None
+            if download.record is None:
+                return None
+            return download.record, download
+        record = self.cache.complete_record(task_id)
+        return (record, None) if record is not None else None
+
+    async def piece_stream(self, request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        source = await self._source(task_id)
+        if source is None:
+            raise web.HTTPNotFound(text=f"task {task_id} is not held here\n")
+        record, download = source
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        sent = dict(record.pieces) if download is None else download.servable_pieces()
+        complete = download is None or download.complete
+        await response.write(
+            _line(
+                {
+                    "size": record.size,
+                    "pieceLength": record.piece_length,
+                    "headers": record.headers,
+                    "pieces": {str(n): d for n, d in sent.items()},
+                    "complete": complete,
+                }
+            )
+        )
+        while download is not None and not complete:
+            try:
+                await download.wait_progress(len(sent))
+            except DownloadFailed:
+                break
+            current = download.servable_pieces()
+            for number, digest in current.items():
+                if number not in sent:
+                    await response.write(_line({"piece": number, "digest": digest}))
+            sent = current
+            complete = download.complete
+            if complete:
+                await response.write(_line({"complete": True, "size": record.size}))
+        return response
+
+    async def piece_data(self, request: web.Request) -> web.StreamResponse:
+        task_id = request.match_info["task_id"]
+        source = await self._source(task_id)
+        if source is None:
+            raise web.HTTPNotFound(text=f"task {task_id} is not held here\n")
+        record, download = source
+        if record.size is None:
+            raise web.HTTPConflict(text="size not known yet\n")
+        try:
+            wanted = parse_range(request.headers.get("Range"), record.size)
+        except UnsatisfiableRange:
+            raise web.HTTPRequestRangeNotSatisfiable() from None
+        if wanted is None or wanted.start % record.piece_length:
+            raise web.HTTPBadRequest(text="ask for exactly one piece with Range\n")
+        number = wanted.start // record.piece_length
+        piece = record.piece(number)
+        if wanted.end != piece.end - 1:
+            raise web.HTTPBadRequest(text="ask for exactly one piece with Range\n")
+        held = number in record.pieces if download is None else download.servable(number)
+        if not held:
+            raise web.HTTPNotFound(text=f"piece {number} is not held here\n")
+        if self.uploads >= self.slots_total:
+            raise web.HTTPServiceUnavailable(text="no upload slot free\n")
+        self.uploads += 1
+        self.cache.begin_serving(task_id)
+        fd = self.cache.store.open_for_read(task_id)
+        try:
+            try:
+                await asyncio.to_thread(self.cache.store.verify_piece, fd, record, number)
+            except PieceCorrupt:
+                self.cache.metrics.integrity_failures.labels(kind="piece").inc()
+                if record.complete:
+                    self.cache.drop(task_id, "corrupt")
+                raise web.HTTPNotFound(text=f"piece {number} failed its check here\n") from None
+            response = web.StreamResponse(
+                status=206,
+                headers={
+                    "Content-Range": wanted.content_range(record.size),
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+            response.content_length = piece.length
+            await response.prepare(request)
+            position = piece.offset
+            while position < piece.end:
+                data = await asyncio.to_thread(
+                    os.pread, fd, min(READ_CHUNK, piece.end - position), position
+                )
+                if not data:
+                    raise ConnectionResetError("data file shorter than its piece")
+                await response.write(data)
+                position += len(data)
+            self.cache.metrics.uploaded_bytes.inc(piece.length)
+            return response
+        finally:
+            os.close(fd)
+            self.cache.end_serving(task_id)
+            self.uploads -= 1
+
+    async def seed(self, request: web.Request) -> web.Response:
+        if self.on_seed is None:
+            raise web.HTTPForbidden(text="this peer is not a seed peer\n")
+        try:
+            seed_request = api.SeedRequest.model_validate_json(await request.read())
+        except ValidationError as exc:
+            raise web.HTTPBadRequest(text=f"bad seed request: {exc}\n") from None
+        self.on_seed(seed_request)
+        return web.Response(status=202, text="seeding\n")
