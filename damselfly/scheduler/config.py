@@ -42,6 +42,7 @@ class SchedulerConfig(BaseModel):
         return Limits(
             candidate_parents=self.candidateParents,
             filter_sample=max(self.filterSample, self.candidateParents),
+            max_examined=8 * max(self.filterSample, self.candidateParents),
             announce_interval=self.announceInterval,
             host_ttl=ttl,
             reschedule_limit=self.rescheduleLimit,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Score weights; they sum to 1 so a score is in [0, 1].
 WEIGHT_FINISHED = 0.40
@@ -44,7 +44,7 @@ class Candidate:
     upload_slots_free: int
     upload_successes: int
     upload_failures: int
-    piece_costs: Sequence[float] = ()
+    bad: bool = False  # is_bad_parent of the host's piece costs (cached by the caller)
 
 
 def is_bad_parent(costs: Sequence[float]) -> bool:
@@ -101,34 +101,70 @@ def score(candidate: Candidate, total_pieces: int | None) -> float:
     )
 
 
+@dataclass(slots=True)
+class CycleMemo:
+    """What one child's cycle checks learned: nodes that do / do not reach the child.
+
+    Shared across the candidates of one scheduling call, so the parent graph
+    is walked about once instead of once per candidate.
+    """
+
+    clear: set[str] = field(default_factory=set)
+    reaches: set[str] = field(default_factory=set)
+    # Nodes the walks may still visit in this scheduling call. When it runs
+    # out, checks fall back to the direct edge only ("does the candidate
+    # download from the child itself?"), so one schedule's cost stays bounded
+    # in a large, densely connected swarm.
+    budget: int = 2000
+
+
 def would_cycle(
     child: str,
     candidate: str,
     parents_of: Callable[[str], Set[str]],
     max_depth: int = MAX_CYCLE_DEPTH,
+    memo: CycleMemo | None = None,
 ) -> bool:
     """True if ``candidate`` downloads (directly or transitively) from ``child``.
 
     Making such a candidate the child's parent would close a loop in which no
-    one has the pieces. Unknown depth beyond ``max_depth`` counts as a cycle.
+    one has the pieces. Unknown depth beyond ``max_depth`` counts as a cycle;
+    an exhausted ``memo.budget`` leaves only the direct check.
     """
     if candidate == child:
         return True
-    seen = {candidate}
+    memo = memo if memo is not None else CycleMemo()
+    if candidate in memo.clear:
+        return False
+    if candidate in memo.reaches:
+        return True
+    if memo.budget <= 0:
+        return child in parents_of(candidate)
+    # via[n] = the node whose parent n is: the way back to the candidate.
+    via: dict[str, str | None] = {candidate: None}
     frontier = [candidate]
     for _ in range(max_depth):
         if not frontier:
+            memo.clear.update(via)
             return False
         next_frontier: list[str] = []
         for node in frontier:
             for parent in parents_of(node):
-                if parent == child:
+                if parent == child or parent in memo.reaches:
+                    step: str | None = node
+                    while step is not None:
+                        memo.reaches.add(step)
+                        step = via[step]
                     return True
-                if parent not in seen:
-                    seen.add(parent)
+                if parent not in via and parent not in memo.clear:
+                    via[parent] = node
                     next_frontier.append(parent)
+        memo.budget -= len(frontier)
         frontier = next_frontier
-    return bool(frontier)
+    if frontier:
+        return True
+    memo.clear.update(via)
+    return False
 
 
 def lazy_shuffle(items: Sequence[str], rng: random.Random) -> Iterator[str]:
@@ -152,23 +188,29 @@ def filter_candidates(
     excluded: Set[str],
     parents_of: Callable[[str], Set[str]],
     sample: int,
+    max_examined: int | None = None,
 ) -> list[Candidate]:
     """Up to ``sample`` usable parents for ``child``, taken in the order of ``peer_ids``.
 
     ``candidate_of`` returns None for a peer that cannot serve (host gone,
     task failed). ``excluded`` holds the child's block-listed and failed
-    parents. Callers pass a shuffled ``peer_ids`` to sample fairly.
+    parents. Callers pass a shuffled ``peer_ids`` to sample fairly. At most
+    ``max_examined`` peers are looked at, which bounds the work of one
+    schedule however large the swarm. Cheap checks run first.
     """
     chosen: list[Candidate] = []
+    memo = CycleMemo()
+    examined = 0
     for host_id in peer_ids:
-        if len(chosen) >= sample:
+        if len(chosen) >= sample or (max_examined is not None and examined >= max_examined):
             break
+        examined += 1
         if host_id == child or host_id in excluded:
             continue
-        candidate = candidate_of(host_id)
-        if candidate is None or is_bad_parent(candidate.piece_costs):
+        if would_cycle(child, host_id, parents_of, memo=memo):
             continue
-        if would_cycle(child, host_id, parents_of):
+        candidate = candidate_of(host_id)
+        if candidate is None or candidate.bad:
             continue
         chosen.append(candidate)
     return chosen

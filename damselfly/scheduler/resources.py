@@ -45,9 +45,19 @@ class Host:
     upload_slots_free: int = 0
     disk_free_bytes: int = 0
     costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
+    cost_samples: int = 0  # costs ever appended: the version of ``costs``
+    bad_checked_at: int = -1
+    bad: bool = False
     upload_successes: int = 0
     upload_failures: int = 0
     tasks: set[str] = field(default_factory=set)
+
+    def is_bad_parent(self) -> bool:
+        """The bad-parent rule over the cost window, recomputed only when costs changed."""
+        if self.bad_checked_at != self.cost_samples:
+            self.bad = evaluator.is_bad_parent(self.costs)
+            self.bad_checked_at = self.cost_samples
+        return self.bad
 
 
 @dataclass(slots=True)
@@ -108,6 +118,7 @@ class Limits:
 
     candidate_parents: int = 4
     filter_sample: int = 15
+    max_examined: int = 120  # peers looked at per schedule, bounding its cost
     announce_interval: float = 5.0
     host_ttl: float = 15.0
     reschedule_limit: int = 5
@@ -278,7 +289,7 @@ class Resources:
             upload_slots_free=host.upload_slots_free,
             upload_successes=host.upload_successes,
             upload_failures=host.upload_failures,
-            piece_costs=host.costs,
+            bad=host.is_bad_parent(),
         )
 
     def _parents_of(self, task: Task) -> Callable[[str], Set[str]]:
@@ -293,14 +304,37 @@ class Resources:
     def _schedule(self, task: Task, peer: PeerState) -> Decision:
         child = peer.host_id
         excluded = peer.blocklist | peer.failed_parents
+        parents_of = self._parents_of(task)
+
+        def candidate_of(host_id: str) -> evaluator.Candidate | None:
+            return self._candidate(task, host_id)
+
         sample = evaluator.filter_candidates(
             child,
             evaluator.lazy_shuffle(list(task.peers), self.rng),
-            lambda host_id: self._candidate(task, host_id),
+            candidate_of,
             excluded,
-            self._parents_of(task),
+            parents_of,
             self.limits.filter_sample,
+            self.limits.max_examined,
         )
+        if not sample:
+            # The random sample found nobody (e.g. most of the swarm descends
+            # from this child). Complete peers and seeds have no parents, so
+            # they cannot close a cycle: look at them all before giving up.
+            sources = [
+                h
+                for h, p in task.peers.items()
+                if p.complete or ((host := self.hosts.get(h)) is not None and host.seed)
+            ]
+            sample = evaluator.filter_candidates(
+                child,
+                evaluator.lazy_shuffle(sources, self.rng),
+                candidate_of,
+                excluded,
+                parents_of,
+                self.limits.filter_sample,
+            )
         chosen = evaluator.rank(sample, task.total_pieces(), self.limits.candidate_parents)
         if chosen:
             peer.parents = {c.host_id for c in chosen}
@@ -404,6 +438,7 @@ class Resources:
             parent = self.hosts.get(parent_id)
             if parent is not None:
                 parent.costs.append(piece.cost_ms)
+                parent.cost_samples += 1
                 parent.upload_successes += 1
         return PieceOutcome(accepted, conflicts, origin_bytes, peer_bytes)
 

@@ -18,7 +18,7 @@ def cand(host_id: str, **kw: object) -> Candidate:
         "upload_slots_free": 4,
         "upload_successes": 0,
         "upload_failures": 0,
-        "piece_costs": (),
+        "bad": False,
     }
     fields.update(kw)
     return Candidate(**fields)  # type: ignore[arg-type]
@@ -104,7 +104,7 @@ def test_filter_excludes_self_blocked_failed_bad_and_cycles() -> None:
         "me": cand("me", finished_pieces=9),
         "blocked": cand("blocked", finished_pieces=9),
         "gone": None,
-        "slow": cand("slow", finished_pieces=9, piece_costs=[10.0] * 10 + [500.0]),
+        "slow": cand("slow", finished_pieces=9, bad=True),
         "mychild": cand("mychild", finished_pieces=9),
         "good": cand("good", finished_pieces=3),
     }
@@ -125,6 +125,21 @@ def test_filter_stops_at_sample() -> None:
         "me", list(pool), pool.get, set(), evaluator.parents_index({}), sample=15
     )
     assert len(chosen) == 15
+
+
+def test_filter_examines_at_most_max_examined() -> None:
+    pool = {f"p{i}": cand(f"p{i}") for i in range(100)}
+    blocked = {f"p{i}" for i in range(50)}
+    chosen = evaluator.filter_candidates(
+        "me",
+        list(pool),
+        pool.get,
+        blocked,
+        evaluator.parents_index({}),
+        sample=15,
+        max_examined=60,
+    )
+    assert [c.host_id for c in chosen] == [f"p{i}" for i in range(50, 60)]
 
 
 def test_rank_best_first_and_bounded() -> None:
@@ -148,3 +163,30 @@ def test_seed_order_owner_first_minus_excluded() -> None:
     ranked = hashring.rank("t", seeds)
     assert evaluator.seed_order("t", seeds, set(), hashring.rank) == ranked
     assert evaluator.seed_order("t", seeds, {ranked[0]}, hashring.rank) == ranked[1:]
+
+
+def test_would_cycle_memo_gives_the_same_answers() -> None:
+    rng = random.Random(5)
+    nodes = [f"n{i}" for i in range(60)]
+    # A random DAG (edges only to lower indices) plus the child "c" somewhere in it.
+    edges: dict[str, set[str]] = {
+        n: {nodes[j] for j in rng.sample(range(i), min(i, 2))} for i, n in enumerate(nodes)
+    }
+    edges["n30"].add("c")
+    parents_of = evaluator.parents_index(edges)
+    memo = evaluator.CycleMemo()
+    answers = {}
+    for n in rng.sample(nodes, len(nodes)):
+        answers[n] = evaluator.would_cycle("c", n, parents_of, memo=memo)
+        assert answers[n] == evaluator.would_cycle("c", n, parents_of)
+    assert answers["n30"]
+    assert "n30" in memo.reaches
+    assert not memo.clear & memo.reaches
+
+
+def test_exhausted_budget_still_rejects_direct_children() -> None:
+    parents_of = evaluator.parents_index({"b": {"a"}, "c": {"b"}})
+    memo = evaluator.CycleMemo(budget=0)
+    assert evaluator.would_cycle("a", "b", parents_of, memo=memo)  # direct: always caught
+    assert not evaluator.would_cycle("a", "c", parents_of, memo=memo)  # transitive: not walked
+    assert evaluator.would_cycle("a", "c", parents_of, memo=evaluator.CycleMemo())
