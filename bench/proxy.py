@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -477,6 +478,9 @@ class Series:
         )
 
 
+SETUPS = ("disk-null", "disk-file", "tmpfs-null")
+
+
 @dataclass
 class Setup:
     name: str
@@ -565,9 +569,8 @@ def measure_rss(rig: Rig, store_root: Path, client_timeout: float) -> None:
             for state in rounds:
                 seconds, peak = concurrent_fetches(rig, peer, targets, client_timeout)
                 hwm = proc_status(peer.pid, "VmHWM")
-                caches = "".join(sorted(set(state)))
                 print(
-                    f"  {label:<30} [{caches}] VmHWM {hwm / MiB:6.1f} MiB "
+                    f"  {label:<30} [{state}] VmHWM {hwm / MiB:6.1f} MiB "
                     f"(idle {idle / MiB:.1f} MiB, sampled VmRSS max {peak / MiB:.1f} MiB)  "
                     f"{len(targets) * size / seconds / 1e6:.0f} MB/s aggregate  "
                     f"goal <= 150 MiB"
@@ -611,6 +614,52 @@ def concurrent_fetches(
                 p.kill()
                 p.wait(timeout=5)
     return seconds, peak
+
+
+def file_sha256(path: Path, start: int = 0, stop: int | None = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        handle.seek(start)
+        left = (stop if stop is not None else path.stat().st_size) - start
+        while left > 0:
+            data = handle.read(min(8 * MiB, left))
+            if not data:
+                break
+            digest.update(data)
+            left -= len(data)
+    return digest.hexdigest()
+
+
+def check_correct(rig: Rig, client: Client) -> None:
+    """The bytes through the peer (cold, hot, after restart, a range) are the object's."""
+    want = file_sha256(rig.www / "object.bin")
+    sink = rig.work / "check.bin"
+    store = rig.work / "check-store"
+    start, stop = rig.size // 3 + 12345, min(rig.size, rig.size // 3 + 12345 + 9 * MiB + 7)
+    want_range = file_sha256(rig.www / "object.bin", start, stop)
+
+    def check(state: str) -> None:
+        client.fetch(rig.url("object.bin"), str(sink), rig.proxy, rig.size, expect_cache=state)
+        if file_sha256(sink) != want:
+            raise BenchError(f"{state} download through the peer has wrong bytes")
+        argv = ["curl", "-sS", "--max-time", "60", "--noproxy", "", "-x", rig.proxy]
+        argv += ["-r", f"{start}-{stop - 1}", "-o", str(sink), rig.url("object.bin")]
+        subprocess.run(argv, check=True, timeout=70, env=clean_env())
+        if file_sha256(sink) != want_range:
+            raise BenchError(f"a range through the peer ({state}) has wrong bytes")
+
+    try:
+        for states in (("miss", "hit"), ("hit",)):  # the second peer: a restart
+            peer = rig.start_peer(store, quota=6 * rig.size + GiB)
+            try:
+                for state in states:
+                    check(state)
+            finally:
+                rig.stop(peer)
+        print("  correctness: cold, hot, hot after restart and a range: bytes match")
+    finally:
+        sink.unlink(missing_ok=True)
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def check_client(rig: Rig, client: Client) -> None:
@@ -743,10 +792,25 @@ def profile_paths(rig: Rig, out: Path, client: Client, use_perf: bool) -> None:
                     timeout=120,
                 )
                 (out / f"perf-flat-{label}.txt").write_text(flat.stdout)
-                print("    perf, the peer process, top symbols (all threads, kernel included):")
+                by_dso = subprocess.run(
+                    [
+                        *("perf", "report", "--stdio", "--no-children", "-g", "none"),
+                        *("--sort", "dso", "-i", str(out / f"perf-{label}.data")),
+                        *("--percent-limit", "0.5"),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                print("    perf, the peer process by library (all threads, kernel included):")
+                lines = [x for x in by_dso.stdout.splitlines() if x.strip() and x[0] != "#"]
+                print("      " + ";  ".join(" ".join(line.split()) for line in lines[:8]))
+                print(
+                    "    perf, top symbols (libcrypto = sha256; kernel copies = socket/page cache):"
+                )
                 lines = [x for x in flat.stdout.splitlines() if x.strip() and x[0] != "#"]
-                for line in lines[:15]:
-                    print(f"      {line.strip()}")
+                for line in lines[:10]:
+                    print(f"      {' '.join(line.split())}")
     finally:
         rig.stop(peer)
         shutil.rmtree(store, ignore_errors=True)
@@ -762,8 +826,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="temp dir on the disk under test (/tmp)"
     )
-    parser.add_argument("--no-tmpfs", action="store_true", help="skip the tmpfs-store setup")
-    parser.add_argument("--no-disk-sink", action="store_true", help="skip client -> disk file")
+    parser.add_argument(
+        "--setups",
+        default=",".join(SETUPS),
+        help=f"comma-separated subset of {','.join(SETUPS)} (all; empty: none)",
+    )
     parser.add_argument("--no-rss", action="store_true", help="skip the RSS measurement")
     parser.add_argument(
         "--patch",
@@ -780,6 +847,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--deadline", type=float, default=1800, help="overall time limit in seconds (1800)"
     )
     args = parser.parse_args(argv)
+    args.setups = {name for name in args.setups.split(",") if name}
+    if args.setups - set(SETUPS):
+        parser.error(f"--setups: unknown {sorted(args.setups - set(SETUPS))}; known: {SETUPS}")
     if args.runs < 1:
         parser.error("--runs must be >= 1")
     for tool in ("nginx", "curl"):
@@ -802,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tempfile.mkdtemp(prefix="damselfly-bench-", dir=args.workdir))
         stack.callback(shutil.rmtree, work, True)
         shm: Path | None = None
-        if not args.no_tmpfs and Path("/dev/shm").is_dir():
+        if "tmpfs-null" in args.setups and Path("/dev/shm").is_dir():
             free = shutil.disk_usage("/dev/shm").free
             if free > 3 * args.size:
                 shm = Path(tempfile.mkdtemp(prefix="damselfly-bench-", dir="/dev/shm"))
@@ -859,17 +929,15 @@ def run(rig: Rig, args: argparse.Namespace, request_timeout: float) -> int:
     rig.start_nginx()
     client.fetch(rig.url("object.bin"), "/dev/null", expect_size=size)  # into page cache
     check_client(rig, client)
+    check_correct(rig, client)
 
-    setups = [Setup("store on disk, client -> /dev/null", rig.work, "/dev/null")]
-    if not args.no_disk_sink:
-        setups.append(
-            Setup(
-                "store on disk, client -> file on the same disk",
-                rig.work,
-                str(rig.work / "client-sink.bin"),
-            )
-        )
-    if rig.shm is not None:
+    setups = []
+    if "disk-null" in args.setups:
+        setups.append(Setup("store on disk, client -> /dev/null", rig.work, "/dev/null"))
+    if "disk-file" in args.setups:
+        sink = str(rig.work / "client-sink.bin")
+        setups.append(Setup("store on disk, client -> file on the same disk", rig.work, sink))
+    if "tmpfs-null" in args.setups and rig.shm is not None:
         setups.append(Setup("store on tmpfs (/dev/shm), client -> /dev/null", rig.shm, "/dev/null"))
 
     if args.profile_only:
