@@ -83,12 +83,15 @@ Duration = Annotated[
 
 
 def section(cls: type[BaseModel], description: str) -> Any:
-    """A nested object that is optional and defaults to ``{}``.
+    """A nested object that is optional and defaults to its fields' defaults.
 
-    ``default: {}`` in the CRD makes the API server fill in the nested defaults,
-    so ``kubectl get -o yaml`` shows the values the operator actually uses.
+    The default is written out in full (not ``{}``): the API server validates a
+    default against the CEL rules as it stands, before nested defaults apply.
     """
-    return Field(default_factory=cls, description=description, json_schema_extra={"default": {}})
+    default = cls().model_dump(mode="json", by_alias=True, exclude_none=True)
+    return Field(
+        default_factory=cls, description=description, json_schema_extra={"default": default}
+    )
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:

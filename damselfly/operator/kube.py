@@ -109,11 +109,13 @@ class Kube:
     def _headers(self) -> dict[str, str]:
         cfg = self.creds.refresh
         if cfg is not None:
-            if cfg.refresh_api_key_hook is not None:
-                cfg.refresh_api_key_hook(cfg)
-            token = cfg.get_api_key_with_prefix("authorization")
-            if token:
-                return {"Authorization": token}
+            # the client's key name changed across releases: "BearerToken" (v30+), before
+            # "authorization"; the value already reads "Bearer <token>". The getter runs
+            # the refresh hook (rotated in-cluster tokens, expiring exec credentials).
+            for identifier in ("BearerToken", "authorization"):
+                token = cfg.get_api_key_with_prefix(identifier)
+                if token:
+                    return {"Authorization": str(token)}
         if self.creds.token:
             return {"Authorization": f"Bearer {self.creds.token}"}
         return {}

@@ -37,6 +37,12 @@ def build_registry(queue: WorkQueue) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The official client's loaders: in-cluster token, else kubeconfig."""
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
+
     @kopf.on.event(GROUP, VERSION, "p2pclusters", registry=registry)
     def cluster_event(namespace: str | None, name: str, **_: Any) -> None:
         queue.add((namespace or "default", name))
@@ -90,6 +96,8 @@ async def resync(kube: Kube, queue: WorkQueue, namespaces: list[str] | None) -> 
 
 
 async def operate(args: argparse.Namespace) -> None:
+    # kopf logs every handler run at INFO; ours only queue a key, so that is noise
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     queue = WorkQueue()
     kube = Kube(load_credentials())
     registry = build_registry(queue)

@@ -24,6 +24,7 @@ from damselfly.operator.render import FIELD_MANAGER, Names, RuleVerdict, render_
 log = logging.getLogger("damselfly.operator")
 Key = tuple[str, str]  # (namespace, cluster name)
 COMPONENT = "damselfly-operator"
+ACCESS_KINDS = frozenset({"ServiceAccount", "Role", "RoleBinding"})
 
 
 def _cluster_path(namespace: str, name: str) -> str:
@@ -69,12 +70,18 @@ class Reconciler:
         rendered = render_cluster(cluster, rules)
         applied: dict[str, dict[str, Any]] = {}
         error: str | None = None
+        # Access objects first: they depend only on the cluster's name, and a RoleBinding
+        # cannot even be dry-run before its Role exists.
+        first = [o for o in rendered.objects if o["kind"] in ACCESS_KINDS]
+        rest = [o for o in rendered.objects if o["kind"] not in ACCESS_KINDS]
         try:
-            # A dry run of everything first: a child the server rejects leaves the
+            for obj in first:
+                await self.kube.apply(obj, FIELD_MANAGER)
+            # A dry run of everything spec-driven: a child the server rejects leaves the
             # others untouched instead of half-applied.
-            for obj in rendered.objects:
+            for obj in rest:
                 await self.kube.apply(obj, FIELD_MANAGER, dry_run=True)
-            for obj in rendered.objects:
+            for obj in rest:
                 applied[obj["kind"]] = await self.kube.apply(obj, FIELD_MANAGER)
         except ApiError as exc:
             if not exc.permanent:

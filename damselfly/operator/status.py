@@ -24,6 +24,18 @@ ACCEPTED = "Accepted"
 APPLIED = "Applied"
 
 
+MAX_MESSAGE = 1024
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    """Head and tail of a long message: API errors put the useful part at both ends
+    ("StatefulSet ... is invalid: spec.volumeClaimTemplates ... field is immutable")."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
+
+
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -62,7 +74,7 @@ def merge_conditions(
                 "observedGeneration": generation,
                 "lastTransitionTime": since,
                 "reason": cond.reason,
-                "message": cond.message,
+                "message": shorten(cond.message),
             }
         )
     return out

@@ -65,7 +65,9 @@ class Kubectl:
             self.run("apply", "--server-side", "-n", namespace, "-f", "-", input=manifest)
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        result = self.run("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        result = self.run(
+            "get", kind, name, "-n", namespace, "-o", "json", "--show-managed-fields", check=False
+        )
         if result.returncode != 0:
             if "NotFound" in result.stderr:
                 return None
@@ -144,6 +146,7 @@ def operator(
     kubectl: Kubectl,
     installed: None,
     tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[ManagedProcess]:
     """`damselfly operator` as a real process, as deploy/'s ServiceAccount."""
     logs = tmp_path_factory.mktemp("operator")
@@ -159,7 +162,8 @@ def operator(
     wait_until(http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "operator liveness", proc=proc)
     yield proc
     proc.stop()
-    print(f"\n--- operator log tail\n{proc.log_tail(40)}", file=sys.stderr)
+    if request.session.testsfailed:
+        print(f"\n--- operator log (all of it: {proc.log_path})", file=sys.stderr)
 
 
 @pytest.fixture

@@ -112,6 +112,7 @@ class ControlPlane:
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",  # as envtest: no kubernetes Endpoints
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={certs / 'server.crt'}",
                 f"--tls-private-key-file={certs / 'server.key'}",

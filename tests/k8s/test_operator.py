@@ -7,6 +7,7 @@ kube-controller-manager runs only the garbage collector.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -42,11 +43,29 @@ CHILDREN = [
 WAIT = 30.0
 
 
+NODE_PORTS: dict[str, int] = {}
+_next_port = itertools.count(30951)
+
+
+def examples_manifest(node_port: int) -> str:
+    """examples/, with the cluster's NodePort changed: NodePorts are cluster-wide."""
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))]
+    for doc in docs:
+        if doc["kind"] == "P2PCluster":
+            doc["spec"]["proxy"]["nodePort"] = node_port
+    return yaml.safe_dump_all(docs)
+
+
 @pytest.fixture
 def ns(namespace: str, kubectl: Kubectl, operator: ManagedProcess) -> str:
     """A namespace with the examples applied and their children created."""
-    kubectl.apply(EXAMPLES, namespace)
-    kubectl.wait_get("daemonset", "damselfly-peer", namespace, timeout=WAIT)
+    NODE_PORTS[namespace] = next(_next_port)
+    kubectl.apply(examples_manifest(NODE_PORTS[namespace]), namespace)
+    try:
+        kubectl.wait_get("daemonset", "damselfly-peer", namespace, timeout=WAIT)
+    except AssertionError as exc:
+        cluster = kubectl.get("p2pcluster", CLUSTER, namespace) or {}
+        raise AssertionError(f"{exc}\nP2PCluster status: {cluster.get('status')}") from None
     return namespace
 
 
@@ -132,7 +151,7 @@ def test_examples_create_the_expected_children(kubectl: Kubectl, ns: str) -> Non
         assert "damselfly-operator" in managers, f"{kind}/{name}: {managers}"
     # defaults from the CRD schema are visible to the user
     assert cluster["spec"]["peer"]["cache"]["highWatermarkPercent"] == 90
-    assert cluster["spec"]["proxy"]["nodePort"] == 30950
+    assert cluster["spec"]["proxy"]["port"] == 65001
     # the peers' config is hashed into their pod template
     peer_yaml = kubectl.must_get("configmap", "damselfly-peer-config", ns)["data"]["peer.yaml"]
     ds = kubectl.must_get("daemonset", "damselfly-peer", ns)
@@ -145,7 +164,7 @@ def test_examples_create_the_expected_children(kubectl: Kubectl, ns: str) -> Non
     assert template["spec"]["tolerations"] == [{"operator": "Exists"}]
     svc = kubectl.must_get("service", "damselfly-proxy", ns)
     assert svc["spec"]["type"] == "NodePort"
-    assert svc["spec"]["ports"][0]["nodePort"] == 30950 or svc["spec"]["ports"][0]["nodePort"]
+    assert svc["spec"]["ports"][0]["nodePort"] == NODE_PORTS[ns]
     sts = kubectl.must_get("statefulset", "damselfly-seed-peer", ns)
     claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
     assert claim["resources"]["requests"]["storage"] == "20Gi"
@@ -170,7 +189,7 @@ def test_status_follows_the_children_to_ready(kubectl: Kubectl, ns: str) -> None
     assert status["peers"] == {"desired": 3, "ready": 3, "updated": 3}
     assert status["seedPeers"] == {"desired": 1, "ready": 1, "updated": 1}
     assert status["rules"] == 3
-    assert status["nodePort"] == 30950
+    assert status["nodePort"] == NODE_PORTS[ns]
     for type_ in ("SchedulerAvailable", "SeedPeersAvailable", "PeersAvailable"):
         cond = condition(ready, type_)
         assert cond["status"] == "True", cond
@@ -189,7 +208,7 @@ def test_status_follows_the_children_to_ready(kubectl: Kubectl, ns: str) -> None
         "NODEPORT",
         "RULES",
     ]
-    assert table[1].split()[:7] == [CLUSTER, "True", "3", "3", "1", "30950", "3"]
+    assert table[1].split()[:7] == [CLUSTER, "True", "3", "3", "1", str(NODE_PORTS[ns]), "3"]
     events = kubectl.run(
         "get",
         "events",
@@ -439,7 +458,7 @@ def test_applying_the_same_resources_twice_writes_nothing(
     before = resource_versions(kubectl, ns)
     count = reconciles(operator, ns)
     # the user applies again (no --force-conflicts: the operator owns no field of theirs)
-    kubectl.apply(EXAMPLES, ns)
+    kubectl.apply(examples_manifest(NODE_PORTS[ns]), ns)
     # and a metadata-only change makes the operator reconcile once more
     kubectl.run("label", "p2pcluster", CLUSTER, "-n", ns, "team=a")
     wait_for(lambda: reconciles(operator, ns) > count, WAIT, "a reconcile after the label")
@@ -460,7 +479,8 @@ def test_server_rejection_stalls_without_half_applying(kubectl: Kubectl, ns: str
     stalled = wait_condition(kubectl, "p2pcluster", CLUSTER, ns, "Stalled", "True", "ApplyFailed")
     message = condition(stalled, "Stalled")["message"]
     assert "StatefulSet damselfly-seed-peer" in message
-    assert "Forbidden" in message
+    assert message.endswith("field is immutable")
+    assert len(message) <= 1024
     assert stalled["status"]["observedGeneration"] == stalled["metadata"]["generation"]
     # the seed config (which would carry the new quota) was not written either
     after = kubectl.must_get("configmap", "damselfly-seed-peer-config", ns)

@@ -75,7 +75,7 @@ def test_p2pcluster_schema_has_defaults_bounds_enums_and_cel() -> None:
         "minimum": 30000,
     }
     assert props["ruleSource"]["enum"] == ["ConfigMap", "API"]
-    assert props["peer"]["default"] == {}
+    assert props["peer"]["default"]["cache"]["quota"] == "50Gi"
     cache = props["peer"]["properties"]["cache"]
     rule = cache["x-kubernetes-validations"][0]["rule"]
     assert rule == "self.lowWatermarkPercent < self.highWatermarkPercent"

@@ -103,3 +103,12 @@ def test_suspend_keeps_availability_and_stops_reconciling() -> None:
     suspended = by_type(st.suspended_conditions(before["conditions"]))
     assert suspended["Ready"].status is True
     assert suspended["Reconciling"].reason == "Suspended"
+
+
+def test_long_messages_keep_head_and_tail() -> None:
+    text = "StatefulSet x is invalid: " + "{...}" * 2000 + ": field is immutable"
+    short = st.shorten(text)
+    assert len(short) <= st.MAX_MESSAGE
+    assert short.startswith("StatefulSet x is invalid")
+    assert short.endswith("field is immutable")
+    assert st.shorten("brief") == "brief"
