@@ -154,6 +154,8 @@ class ControlPlane:
                 }
             )
         )
+        if not self.has_gc:  # envtest's assets ($KUBEBUILDER_ASSETS) ship no controller-manager
+            return
         kcm = ManagedProcess(
             "kube-controller-manager",
             [
@@ -171,6 +173,11 @@ class ControlPlane:
         )
         self.procs.append(kcm)
         self._ca = str(certs / "ca.crt")
+
+    @property
+    def has_gc(self) -> bool:
+        """Whether the garbage collector runs (kube-controller-manager is available)."""
+        return (self.bin_dir / "kube-controller-manager").exists()
 
     def ready(self) -> bool:
         try:

@@ -19,7 +19,7 @@ import yaml
 from damselfly.operator.render import CONFIG_HASH_ANNOTATION, content_hash
 from damselfly.peer.rules import RuleSet
 from tests.k8s.conftest import Kubectl
-from tests.k8s.controlplane import REPO, wait_for
+from tests.k8s.controlplane import REPO, ControlPlane, wait_for
 from tests.support.procs import ManagedProcess
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(180)]
@@ -515,8 +515,16 @@ def test_suspend_pauses_reconciliation(kubectl: Kubectl, ns: str) -> None:
     wait_for(lambda: quota() == 70 * 2**30, WAIT, "the held-back change to be applied")
 
 
-def test_deleting_the_cluster_leaves_nothing_behind(kubectl: Kubectl, ns: str) -> None:
+def test_deleting_the_cluster_leaves_nothing_behind(
+    kubectl: Kubectl, ns: str, control_plane: ControlPlane
+) -> None:
+    uid = kubectl.must_get("p2pcluster", CLUSTER, ns)["metadata"]["uid"]
+    for kind, name in CHILDREN:  # what the garbage collector follows
+        owners = kubectl.must_get(kind, name, ns)["metadata"]["ownerReferences"]
+        assert [(o["uid"], o["blockOwnerDeletion"]) for o in owners] == [(uid, True)]
     kubectl.run("delete", "p2pcluster", CLUSTER, "-n", ns, "--wait=true", "--timeout=30s")
+    if not control_plane.has_gc:
+        pytest.skip("no kube-controller-manager: ownerReferences checked, GC not run")
 
     def all_gone() -> bool:
         return all(kubectl.get(kind, name, ns) is None for kind, name in CHILDREN)
