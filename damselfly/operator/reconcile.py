@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from damselfly.api.v1alpha1 import API_VERSION, P2PCluster, ProxyRule
 from damselfly.operator import status as st
 from damselfly.operator.kube import ApiError, Kube, resource_path
-from damselfly.operator.render import FIELD_MANAGER, Names, RuleVerdict, render_cluster
+from damselfly.operator.render import (
+    FIELD_MANAGER,
+    Names,
+    RuleVerdict,
+    render_cluster,
+    render_rules,
+)
 
 log = logging.getLogger("damselfly.operator")
 Key = tuple[str, str]  # (namespace, cluster name)
@@ -56,8 +62,10 @@ class Reconciler:
             r for r in raw_rules if r.get("spec", {}).get("clusterRef", {}).get("name") == name
         ]
         rules, invalid = self._parse_rules(raw_rules)
-        if raw is None:
-            await self._orphan_rules(raw_rules, name)
+        by_name = {r["metadata"]["name"]: r for r in raw_rules}
+        if raw is None:  # deleted, or not created yet: its children go by garbage collection
+            verdicts = render_rules(name, rules).verdicts
+            await self._rule_statuses(verdicts, by_name, invalid, Names(name).rules, None, name)
             return
         try:
             cluster = P2PCluster.model_validate(raw)
@@ -98,7 +106,6 @@ class Reconciler:
         )
         conds, fields = st.cluster_conditions(observed)
         await self._write_status(raw, conds, fields)
-        by_name = {r["metadata"]["name"]: r for r in raw_rules}
         await self._rule_statuses(
             rendered.rules.verdicts, by_name, invalid, Names(name).rules, error
         )
@@ -124,6 +131,7 @@ class Reconciler:
         invalid: list[tuple[dict[str, Any], str]],
         configmap: str,
         cluster_error: str | None,
+        missing_cluster: str | None = None,
     ) -> None:
         for verdict in verdicts:
             raw = raw_by_name[verdict.rule.name]
@@ -131,28 +139,24 @@ class Reconciler:
                 accepted = st.Cond(st.ACCEPTED, True, "Valid", "")
             else:
                 accepted = st.Cond(st.ACCEPTED, False, verdict.reason, verdict.message)
-            if cluster_error is not None:
+            if not verdict.accepted:
+                applied = st.Cond(st.APPLIED, False, "NotAccepted", "the rule was not accepted")
+            elif missing_cluster is not None:
+                applied = st.Cond(
+                    st.APPLIED, False, "ClusterNotFound", f"no P2PCluster {missing_cluster!r} here"
+                )
+            elif cluster_error is not None:
                 applied = st.Cond(st.APPLIED, False, "ClusterStalled", cluster_error)
             elif verdict.applied:
                 applied = st.Cond(st.APPLIED, True, "Applied", f"in ConfigMap {configmap}")
-            elif verdict.accepted:
-                applied = st.Cond(st.APPLIED, False, verdict.reason, verdict.message)
             else:
-                applied = st.Cond(st.APPLIED, False, "NotAccepted", "the rule was not accepted")
+                applied = st.Cond(st.APPLIED, False, verdict.reason, verdict.message)
             await self._write_rule_status(raw, accepted, applied)
         for raw, message in invalid:
             await self._write_rule_status(
                 raw,
                 st.Cond(st.ACCEPTED, False, "InvalidRule", message),
                 st.Cond(st.APPLIED, False, "NotAccepted", "the rule was not accepted"),
-            )
-
-    async def _orphan_rules(self, raw_rules: list[dict[str, Any]], cluster: str) -> None:
-        for raw in raw_rules:
-            await self._write_rule_status(
-                raw,
-                _previous(raw, st.ACCEPTED) or st.Cond(st.ACCEPTED, True, "Valid", ""),
-                st.Cond(st.APPLIED, False, "ClusterNotFound", f"no P2PCluster {cluster!r} here"),
             )
 
     async def _write_rule_status(
@@ -212,14 +216,6 @@ class Reconciler:
 def _conditions(raw: dict[str, Any]) -> list[dict[str, Any]] | None:
     conds: list[dict[str, Any]] | None = (raw.get("status") or {}).get("conditions")
     return conds
-
-
-def _previous(raw: dict[str, Any], type_: str) -> st.Cond | None:
-    for cond in _conditions(raw) or []:
-        if cond.get("type") == type_:
-            status = {"True": True, "False": False}.get(cond.get("status", ""))
-            return st.Cond(type_, status, cond.get("reason", "Unknown"), cond.get("message", ""))
-    return None
 
 
 @dataclass

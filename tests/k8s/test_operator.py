@@ -568,3 +568,25 @@ def test_render_matches_what_the_operator_applies(
             else:
                 template = live["spec"]["template"]["metadata"]["annotations"]
                 assert template == doc["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_a_rule_for_a_missing_cluster_says_so(
+    kubectl: Kubectl, namespace: str, operator: ManagedProcess
+) -> None:
+    for name, regex in [("lonely", "^https://a/"), ("lonely-bad", "^https://(unclosed/")]:
+        rule = {
+            "apiVersion": "damselfly.io/v1alpha1",
+            "kind": "ProxyRule",
+            "metadata": {"name": name},
+            "spec": {"clusterRef": {"name": "nowhere"}, "regex": regex},
+        }
+        kubectl.apply(json.dumps(rule), namespace)
+    lonely = wait_condition(
+        kubectl, "proxyrule", "lonely", namespace, "Applied", "False", "ClusterNotFound"
+    )
+    assert condition(lonely, "Accepted")["status"] == "True"
+    assert "'nowhere'" in condition(lonely, "Applied")["message"]
+    bad = wait_condition(
+        kubectl, "proxyrule", "lonely-bad", namespace, "Accepted", "False", "InvalidRegex"
+    )
+    assert condition(bad, "Applied")["reason"] == "NotAccepted"
