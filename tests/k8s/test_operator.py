@@ -176,6 +176,10 @@ def test_examples_create_the_expected_children(kubectl: Kubectl, ns: str) -> Non
     for name in rules:
         rule = wait_condition(kubectl, "proxyrule", name, ns, "Applied", "True")
         assert condition(rule, "Accepted")["status"] == "True"
+    # the category lists both kinds
+    listed = kubectl.run("get", "damselfly", "-n", ns, "-o", "name").stdout.split()
+    assert f"p2pcluster.damselfly.io/{CLUSTER}" in listed
+    assert {f"proxyrule.damselfly.io/{n}" for n in rules} <= set(listed)
 
 
 def test_status_follows_the_children_to_ready(kubectl: Kubectl, ns: str) -> None:
