@@ -1,0 +1,250 @@
+"""A real swarm on loopback: scheduler, seed peer and peers as processes, a real origin.
+
+What a user notices: the origin sends each object about once however many
+nodes ask, and nothing that goes wrong in the P2P layer (a parent dying, a
+parent serving bad bytes, the scheduler down or restarting) fails a download
+or hands a client a wrong byte.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.origin import Origin, start_origin
+from tests.support.peer import PeerHandle, start_peer
+from tests.support.ports import free_port
+from tests.support.procs import wait_until
+from tests.support.scheduler import SchedulerHandle, start_scheduler
+
+MiB = 1 << 20
+SIZE = 24 * MiB + 777  # seven pieces of 4 MiB
+RULES = [{"regex": r"/files/"}]
+ANNOUNCE = 0.5
+
+
+@pytest.fixture
+def origin(processes, tmp_path: Path) -> Origin:  # type: ignore[no-untyped-def]
+    root = tmp_path / "www"
+    (root / "files").mkdir(parents=True)
+    (root / "files" / "model.bin").write_bytes(os.urandom(SIZE))
+    return start_origin(processes, root)
+
+
+@pytest.fixture
+def scheduler(processes, tmp_path: Path) -> SchedulerHandle:  # type: ignore[no-untyped-def]
+    return start_scheduler(processes, tmp_path, config={"announceInterval": ANNOUNCE})
+
+
+def swarm_peer(
+    processes: Any,
+    tmp_path: Path,
+    name: str,
+    schedulers: list[str],
+    seed: bool = False,
+    **scheduler_settings: Any,
+) -> PeerHandle:
+    return start_peer(
+        processes,
+        tmp_path,
+        name=name,
+        rule_list=RULES,
+        hostId=name,
+        seed=seed,
+        scheduler={
+            "addresses": schedulers,
+            "announceInterval": ANNOUNCE,
+            "stallTimeout": 3,
+            "pieceTimeout": 5,
+            **scheduler_settings,
+        },
+    )
+
+
+def wait_for_hosts(scheduler: SchedulerHandle, count: int) -> None:
+    wait_until(lambda: scheduler.metric("damselfly_scheduler_hosts") >= count, 20, f"{count} hosts")
+
+
+def fetch(peer: PeerHandle, url: str, out: Path) -> int:
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "90", "-x", peer.proxy_url, "-o", str(out), url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def origin_bytes(origin: Origin, path: str) -> int:
+    return sum(int(r["bytes_sent"]) for r in origin.requests(path))
+
+
+def test_three_peers_and_a_seed_take_one_copy_from_the_origin(
+    processes,
+    tmp_path: Path,
+    origin: Origin,
+    scheduler: SchedulerHandle,  # type: ignore[no-untyped-def]
+) -> None:
+    swarm_peer(processes, tmp_path, "seed-0", [scheduler.address], seed=True)
+    peers = [swarm_peer(processes, tmp_path, f"peer-{i}", [scheduler.address]) for i in range(3)]
+    wait_for_hosts(scheduler, 4)
+    url = origin.url("files/model.bin", rate=16 * MiB)  # slow enough that all overlap
+    expected = sha256(origin.directory / "files" / "model.bin")
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(lambda p: fetch(p, url, tmp_path / f"{p.proc.name}.bin"), peers))
+    assert codes == [0, 0, 0]
+    for peer in peers:
+        assert sha256(tmp_path / f"{peer.proc.name}.bin") == expected
+    sent = origin_bytes(origin, "files/model.bin")
+    assert sent <= 1.05 * SIZE + 16, f"origin sent {sent / SIZE:.2f} copies"
+    from_parents = sum(
+        p.metric("damselfly_peer_downloaded_bytes_total", source="parent") for p in peers
+    )
+    assert from_parents >= 2 * SIZE  # at most one peer's worth came from the origin
+    assert scheduler.metric("damselfly_scheduler_seed_triggers_total", result="accepted") == 1
+
+
+def test_two_peers_without_a_seed_share_one_origin_download(
+    processes,
+    tmp_path: Path,
+    origin: Origin,
+    scheduler: SchedulerHandle,  # type: ignore[no-untyped-def]
+) -> None:
+    first = swarm_peer(processes, tmp_path, "peer-a", [scheduler.address])
+    second = swarm_peer(processes, tmp_path, "peer-b", [scheduler.address])
+    wait_for_hosts(scheduler, 2)
+    url = origin.url("files/model.bin")
+    assert fetch(first, url, tmp_path / "a.bin") == 0
+    assert fetch(second, url, tmp_path / "b.bin") == 0
+    assert sha256(tmp_path / "b.bin") == sha256(origin.directory / "files" / "model.bin")
+    assert origin_bytes(origin, "files/model.bin") <= SIZE + 16
+    assert second.metric("damselfly_peer_downloaded_bytes_total", source="parent") == SIZE
+    assert first.metric("damselfly_peer_uploaded_bytes_total") == SIZE
+
+
+def test_a_parent_killed_mid_transfer_costs_a_retry_not_the_download(
+    processes,
+    tmp_path: Path,
+    origin: Origin,
+    scheduler: SchedulerHandle,  # type: ignore[no-untyped-def]
+) -> None:
+    parent = swarm_peer(processes, tmp_path, "parent", [scheduler.address])
+    child = swarm_peer(processes, tmp_path, "child", [scheduler.address])
+    wait_for_hosts(scheduler, 2)
+    slow = origin.url("files/model.bin", rate=6 * MiB)  # the parent needs about 4 s
+    parent_client = subprocess.Popen(
+        ["curl", "-sS", "-x", parent.proxy_url, "-o", "/dev/null", slow],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: parent.metric("damselfly_peer_downloaded_bytes_total", source="origin") > 0,
+            30,
+            "the parent to hold a piece",
+        )
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            result = pool.submit(fetch, child, slow, tmp_path / "child.bin")
+            wait_until(
+                lambda: child.metric("damselfly_peer_downloaded_bytes_total", source="parent") > 0,
+                30,
+                "the child to take a piece from the parent",
+            )
+            parent.proc.kill()
+            assert result.result(timeout=120) == 0
+    finally:
+        parent_client.kill()
+        parent_client.wait()
+    assert sha256(tmp_path / "child.bin") == sha256(origin.directory / "files" / "model.bin")
+    assert child.metric("damselfly_peer_downloaded_bytes_total", source="origin") > 0
+
+
+def test_a_parent_serving_corrupt_bytes_is_blocked_and_the_piece_fetched_elsewhere(
+    processes,
+    tmp_path: Path,
+    origin: Origin,
+    scheduler: SchedulerHandle,  # type: ignore[no-untyped-def]
+) -> None:
+    parent = swarm_peer(processes, tmp_path, "parent", [scheduler.address])
+    child = swarm_peer(processes, tmp_path, "child", [scheduler.address])
+    wait_for_hosts(scheduler, 2)
+    url = origin.url("files/model.bin")
+    assert fetch(parent, url, tmp_path / "p.bin") == 0
+    # Rot one piece on the parent's disk after it has verified it: it will serve
+    # the bad bytes with a good conscience (it checks each piece once per run).
+    task_dir = parent.store_dir / "data"
+    [data_file] = [p for p in task_dir.glob("*/*")]
+    with data_file.open("r+b") as handle:
+        handle.seek(9 * MiB)
+        handle.write(b"\x00" * 4096)
+    assert fetch(child, url, tmp_path / "c.bin") == 0
+    assert sha256(tmp_path / "c.bin") == sha256(origin.directory / "files" / "model.bin")
+    assert child.metric("damselfly_peer_integrity_failures_total", kind="parent") >= 1
+    assert child.metric("damselfly_peer_downloaded_bytes_total", source="origin") > 0
+
+
+def test_scheduler_down_means_the_origin(
+    processes,
+    tmp_path: Path,
+    origin: Origin,  # type: ignore[no-untyped-def]
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens here
+    peer = swarm_peer(processes, tmp_path, "lonely", [dead])
+    url = origin.url("files/model.bin")
+    assert fetch(peer, url, tmp_path / "x.bin") == 0
+    assert sha256(tmp_path / "x.bin") == sha256(origin.directory / "files" / "model.bin")
+    assert "scheduler unavailable" in peer.proc.log_tail(200)
+
+
+def test_a_scheduler_restart_mid_download_loses_nothing(
+    processes,
+    tmp_path: Path,
+    origin: Origin,  # type: ignore[no-untyped-def]
+) -> None:
+    ports = (free_port(), free_port())
+    scheduler = start_scheduler(
+        processes, tmp_path, config={"announceInterval": ANNOUNCE}, ports=ports
+    )
+    seed = swarm_peer(processes, tmp_path, "seed-0", [scheduler.address], seed=True)
+    first = swarm_peer(processes, tmp_path, "peer-1", [scheduler.address])
+    wait_for_hosts(scheduler, 2)
+    slow = origin.url("files/model.bin", rate=8 * MiB)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        result = pool.submit(fetch, first, slow, tmp_path / "1.bin")
+        wait_until(
+            lambda: first.metric("damselfly_peer_downloaded_bytes_total", source="parent") > 0,
+            30,
+            "peer-1 taking pieces from the seed",
+        )
+        scheduler.proc.stop()
+        scheduler = start_scheduler(
+            processes,
+            tmp_path,
+            name="scheduler-restarted",
+            config={"announceInterval": ANNOUNCE},
+            ports=ports,
+        )
+        assert result.result(timeout=120) == 0
+    expected = sha256(origin.directory / "files" / "model.bin")
+    assert sha256(tmp_path / "1.bin") == expected
+    # The restarted scheduler relearns the holders from their announces: a new
+    # peer is sent to them, and the origin still sent about one copy.
+    wait_until(lambda: scheduler.metric("damselfly_scheduler_hosts") >= 2, 20, "re-announces")
+    late = swarm_peer(processes, tmp_path, "peer-late", [scheduler.address])
+    wait_for_hosts(scheduler, 3)
+    assert fetch(late, slow, tmp_path / "late.bin") == 0
+    assert sha256(tmp_path / "late.bin") == expected
+    assert late.metric("damselfly_peer_downloaded_bytes_total", source="parent") == SIZE
+    assert origin_bytes(origin, "files/model.bin") <= 1.05 * SIZE + 16
+    assert seed.proc.alive()
