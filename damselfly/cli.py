@@ -75,7 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="the URL to download")
     p.add_argument("-O", "--output", required=True, help="file to write")
     p.add_argument("--digest", help="expected digest, sha256:<hex>; verified before success")
-    p.add_argument("--proxy", help="a running peer's proxy, e.g. http://127.0.0.1:65001")
+    p.add_argument(
+        "--proxy",
+        help="a running peer's proxy, e.g. http://127.0.0.1:65001 (default: $DAMSELFLY_PROXY, "
+        "the local cluster's first peer, or an ephemeral peer in this process)",
+    )
+    p.add_argument(
+        "--scheduler",
+        action="append",
+        help="scheduler host:port for the ephemeral peer (repeatable)",
+    )
 
     p = sub.add_parser("local", help="run scheduler, seed and peers on localhost (no Kubernetes)")
     local = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
@@ -83,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-f", "--filename", action="append", help="P2PCluster/ProxyRule YAML")
     up.add_argument("--peers", type=int, default=3, help="number of peers (default 3)")
     up.add_argument("--state-dir", help="where caches, logs and pids live")
-    local.add_parser("down", help="stop the local cluster started by 'local up'")
-    local.add_parser("status", help="show the local cluster's processes and ports")
+    down = local.add_parser("down", help="stop the local cluster started by 'local up'")
+    down.add_argument("--state-dir", help="the state dir given to 'local up'")
+    status = local.add_parser("status", help="show the local cluster's processes and ports")
+    status.add_argument("--state-dir", help="the state dir given to 'local up'")
 
     p = sub.add_parser("crds", help="generate the CRD YAML from the API models")
     p.add_argument("--output-dir", "-o", help="write crds/*.yaml here instead of stdout")

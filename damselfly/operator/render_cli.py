@@ -61,10 +61,10 @@ def _describe(exc: ValidationError) -> str:
     )
 
 
-def render_documents(
+def parse_resources(
     docs: list[tuple[str, dict[str, Any]]],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Child manifests of every P2PCluster in ``docs``, and warnings about rules."""
+) -> tuple[list[P2PCluster], list[ProxyRule]]:
+    """The P2PClusters and ProxyRules in ``docs``, validated; other kinds are skipped."""
     clusters: list[P2PCluster] = []
     rules: list[ProxyRule] = []
     for path, doc in docs:
@@ -80,6 +80,14 @@ def render_documents(
             raise RenderError(f"{path}: {doc.get('kind')} {name}: {_describe(exc)}") from None
     if not clusters:
         raise RenderError(f"no {API_VERSION} P2PCluster in the files")
+    return clusters, rules
+
+
+def render_documents(
+    docs: list[tuple[str, dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Child manifests of every P2PCluster in ``docs``, and warnings about rules."""
+    clusters, rules = parse_resources(docs)
     objects: list[dict[str, Any]] = []
     warnings: list[str] = []
     for cluster in clusters:
