@@ -184,6 +184,7 @@ def p2pcluster_crd() -> dict[str, Any]:
             _column("Seeds", "integer", ".status.seedPeers.ready", "Seed peer pods ready."),
             _column("NodePort", "integer", ".status.nodePort", "The proxy's NodePort."),
             _column("Rules", "integer", ".status.rules", "Rules the peers get."),
+            _column("Propagated", "string", ".status.rulesPropagation", "Peers running the rules."),
             _column(
                 "Reason",
                 "string",
@@ -211,6 +212,9 @@ def proxyrule_crd() -> dict[str, Any]:
             _column("Priority", "integer", ".spec.priority", "Lower is tried first."),
             _column("Accepted", "string", _condition("Accepted"), "The rule is valid."),
             _column("Applied", "string", _condition("Applied"), "In the rules ConfigMap."),
+            _column(
+                "Propagated", "string", ".status.propagation", "Peers running the current rules."
+            ),
             _column("Regex", "string", ".spec.regex", "URLs the rule matches.", priority=1),
             AGE,
         ],

@@ -379,6 +379,11 @@ class P2PClusterStatus(_Model):
     peers: ReplicaCounts | None = Field(default=None, description="Peer pods.")
     rules: int | None = Field(default=None, description="Rules in the rules ConfigMap.")
     rules_hash: str | None = Field(default=None, description="Digest of the rules peers get.")
+    rules_propagation: str | None = Field(
+        default=None,
+        description='Peers running rulesHash / live peers reporting their rules, as "7/8" '
+        "(peers report in API rule-source mode).",
+    )
     node_port: int | None = Field(default=None, description="The proxy's NodePort.")
 
 
@@ -441,13 +446,17 @@ class ProxyRuleSpec(_Model):
 
 
 class ProxyRuleStatus(_Model):
-    """Whether the rule was accepted and is in its cluster's rules ConfigMap."""
+    """Whether the rule was accepted, is in its cluster's rules, and the peers run it."""
 
     observed_generation: int | None = Field(default=None, description="Generation described.")
     conditions: list[Condition] | None = Field(
         default=None,
-        description="Accepted, Applied.",
+        description="Accepted, Applied, Propagated.",
         json_schema_extra=CONDITIONS_SCHEMA_EXTRA,
+    )
+    propagation: str | None = Field(
+        default=None,
+        description='Peers of the cluster running the current rule set / live peers, as "7/8".',
     )
 
 

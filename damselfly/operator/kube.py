@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ PLURALS = {
     "DaemonSet": "daemonsets",
     "P2PCluster": "p2pclusters",
     "ProxyRule": "proxyrules",
+    "Lease": "leases",
 }
 
 
@@ -76,14 +78,18 @@ class Credentials:
     refresh: Any  # the official client's Configuration, for rotating tokens
 
 
-def load_credentials() -> Credentials:
+def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """In-cluster service account, else kubeconfig (``kubeconfig`` first when given)."""
     from kubernetes import client, config
 
     cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    if kubeconfig is not None:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     context: ssl.SSLContext | bool
     context = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else False
     if cfg.cert_file:
@@ -105,6 +111,14 @@ class Kube:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=30),
+                connector=aiohttp.TCPConnector(ssl=self.creds.ssl_context),
+            )
+        return self._session
 
     def _headers(self) -> dict[str, str]:
         cfg = self.creds.refresh
@@ -129,17 +143,13 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=30),
-                connector=aiohttp.TCPConnector(ssl=self.creds.ssl_context),
-            )
+        session = self._ensure_session()
         headers = {"Accept": "application/json", **self._headers()}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with self._session.request(
+        async with session.request(
             method, self.creds.server + path, params=params, data=data, headers=headers
         ) as resp:
             text = await resp.text()
@@ -154,6 +164,47 @@ class Kube:
                     str(payload.get("message", text)),
                 )
             return payload
+
+    async def stream(
+        self, path: str, params: dict[str, str], idle_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """A watch: one JSON event per line until the server ends the stream.
+
+        No total timeout (a watch lasts minutes); ``idle_timeout`` bounds the silence
+        between lines, so a dead connection is noticed (bookmarks keep it talking).
+        """
+        session = self._ensure_session()
+        headers = {"Accept": "application/json", **self._headers()}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=idle_timeout)
+        async with session.get(
+            self.creds.server + path, params=params, headers=headers, timeout=timeout
+        ) as resp:
+            if resp.status >= 300:
+                text = await resp.text()
+                try:
+                    payload = json.loads(text)
+                except json.JSONDecodeError:
+                    payload = {"message": text}
+                raise ApiError(
+                    resp.status,
+                    str(payload.get("reason", resp.reason)),
+                    str(payload.get("message", text)),
+                )
+            while True:
+                line = await resp.content.readline()
+                if not line:
+                    return
+                if line.strip():
+                    event: dict[str, Any] = json.loads(line)
+                    yield event
+
+    async def delete(self, path: str) -> None:
+        """Delete; an object already gone is fine."""
+        try:
+            await self.request("DELETE", path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:

@@ -17,10 +17,16 @@ from typing import Any
 
 import kopf
 
+from damselfly.api.rules import (
+    CLUSTER_LABEL,
+    COMPONENT_LABEL,
+    REPORT_COMPONENT,
+    RULES_HASH_LABEL,
+)
 from damselfly.api.v1alpha1 import API_VERSION, GROUP, VERSION
 from damselfly.operator.kube import Kube, load_credentials
 from damselfly.operator.reconcile import Key, Reconciler, WorkQueue, work
-from damselfly.operator.render import CLUSTER_LABEL, MANAGED_BY
+from damselfly.operator.render import MANAGED_BY
 
 log = logging.getLogger("damselfly.operator")
 RESYNC_SECONDS = 300.0
@@ -60,6 +66,29 @@ def build_registry(queue: WorkQueue) -> kopf.OperatorRegistry:
             rule_clusters[uid] = key
         if ref:
             queue.add(key)
+
+    lease_hashes: dict[str, str] = {}  # Lease uid -> the rules hash it last reported
+
+    @kopf.on.event(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        labels={COMPONENT_LABEL: REPORT_COMPONENT},
+        registry=registry,
+    )
+    def report_event(
+        labels: kopf.Labels, namespace: str | None, uid: str, type: str, **_: Any
+    ) -> None:
+        """A peer reported other rules, or came or went; renewals alone change nothing."""
+        rules_hash = str(labels.get(RULES_HASH_LABEL, ""))
+        if type == "DELETED":
+            changed = lease_hashes.pop(uid, None) is not None
+        else:
+            changed = lease_hashes.get(uid) != rules_hash
+            lease_hashes[uid] = rules_hash
+        cluster = labels.get(CLUSTER_LABEL)
+        if changed and cluster and namespace:
+            queue.add((namespace, str(cluster)))
 
     def child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
         cluster = labels.get(CLUSTER_LABEL)
@@ -103,7 +132,7 @@ async def operate(args: argparse.Namespace) -> None:
     registry = build_registry(queue)
     namespaces: list[str] | None = args.namespace
     tasks = [
-        asyncio.create_task(work(Reconciler(kube), queue), name="reconcile"),
+        asyncio.create_task(work(Reconciler(kube, later=queue.add_after), queue), name="reconcile"),
         asyncio.create_task(resync(kube, queue, namespaces), name="resync"),
     ]
     try:

@@ -16,7 +16,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from damselfly.api.v1alpha1 import API_VERSION, P2PCluster, ProxyRule
+from damselfly.api.rules import (
+    CLUSTER_LABEL,
+    COMPONENT_LABEL,
+    REPORT_COMPONENT,
+    parse_proxy_rules,
+    validation_message,
+)
+from damselfly.api.v1alpha1 import API_VERSION, P2PCluster
 from damselfly.operator import status as st
 from damselfly.operator.kube import ApiError, Kube, resource_path
 from damselfly.operator.render import (
@@ -42,18 +49,13 @@ def _rule_path(rule: dict[str, Any]) -> str:
     return resource_path(API_VERSION, "ProxyRule", meta["namespace"], meta["name"])
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 @dataclass
 class Reconciler:
     kube: Kube
     now: Callable[[], str] = st.now_rfc3339
+    # queue a key again after a delay: when the first peer report runs out
+    later: Callable[[Key, float], None] | None = None
+    clock: Callable[[], float] = time.time
 
     async def reconcile(self, namespace: str, name: str) -> None:
         raw = await self.kube.get(_cluster_path(namespace, name))
@@ -61,7 +63,7 @@ class Reconciler:
         raw_rules = [
             r for r in raw_rules if r.get("spec", {}).get("clusterRef", {}).get("name") == name
         ]
-        rules, invalid = self._parse_rules(raw_rules)
+        rules, invalid = parse_proxy_rules(raw_rules)
         by_name = {r["metadata"]["name"]: r for r in raw_rules}
         if raw is None:  # deleted, or not created yet: its children go by garbage collection
             verdicts = render_rules(name, rules).verdicts
@@ -70,7 +72,7 @@ class Reconciler:
         try:
             cluster = P2PCluster.model_validate(raw)
         except ValidationError as exc:
-            await self._stalled(raw, "InvalidSpec", _validation_message(exc))
+            await self._stalled(raw, "InvalidSpec", validation_message(exc))
             return
         if cluster.spec.suspend:
             await self._write_status(raw, st.suspended_conditions(_conditions(raw)), {})
@@ -105,24 +107,27 @@ class Reconciler:
             error=error,
         )
         conds, fields = st.cluster_conditions(observed)
+        prop = await self._propagation(namespace, name, rendered.rules.digest)
+        fields["rulesPropagation"] = prop.text
         await self._write_status(raw, conds, fields)
         await self._rule_statuses(
-            rendered.rules.verdicts, by_name, invalid, Names(name).rules, error
+            rendered.rules.verdicts, by_name, invalid, Names(name).rules, error, prop=prop
         )
 
-    # --- rules ---------------------------------------------------------------------
+    async def _propagation(self, namespace: str, name: str, expected: str) -> st.Propagation:
+        """Which peers run ``expected``, from their Leases (see damselfly.peer.kuberules)."""
+        leases = await self.kube.list(
+            resource_path("coordination.k8s.io/v1", "Lease", namespace),
+            label_selector=f"{CLUSTER_LABEL}={name},{COMPONENT_LABEL}={REPORT_COMPONENT}",
+        )
+        now = self.clock()
+        reports = st.live_reports(leases, now)
+        expiry = st.next_expiry(reports, now)
+        if expiry is not None and self.later is not None:
+            self.later((namespace, name), expiry + 0.5)
+        return st.propagation(reports, expected)
 
-    def _parse_rules(
-        self, raw_rules: list[dict[str, Any]]
-    ) -> tuple[list[ProxyRule], list[tuple[dict[str, Any], str]]]:
-        rules: list[ProxyRule] = []
-        invalid: list[tuple[dict[str, Any], str]] = []
-        for raw in raw_rules:
-            try:
-                rules.append(ProxyRule.model_validate(raw))
-            except ValidationError as exc:
-                invalid.append((raw, _validation_message(exc)))
-        return rules, invalid
+    # --- rules ---------------------------------------------------------------------
 
     async def _rule_statuses(
         self,
@@ -132,6 +137,7 @@ class Reconciler:
         configmap: str,
         cluster_error: str | None,
         missing_cluster: str | None = None,
+        prop: st.Propagation | None = None,
     ) -> None:
         for verdict in verdicts:
             raw = raw_by_name[verdict.rule.name]
@@ -151,7 +157,14 @@ class Reconciler:
                 applied = st.Cond(st.APPLIED, True, "Applied", f"in ConfigMap {configmap}")
             else:
                 applied = st.Cond(st.APPLIED, False, verdict.reason, verdict.message)
-            await self._write_rule_status(raw, accepted, applied)
+            propagated: st.Cond | None = None
+            if prop is not None:
+                propagated = st.propagated_condition(prop)
+                if not verdict.accepted:
+                    propagated = st.Cond(
+                        st.PROPAGATED, False, "NotAccepted", "the rule was not accepted"
+                    )
+            await self._write_rule_status(raw, accepted, applied, propagated, prop)
         for raw, message in invalid:
             await self._write_rule_status(
                 raw,
@@ -160,11 +173,24 @@ class Reconciler:
             )
 
     async def _write_rule_status(
-        self, raw: dict[str, Any], accepted: st.Cond, applied: st.Cond
+        self,
+        raw: dict[str, Any],
+        accepted: st.Cond,
+        applied: st.Cond,
+        propagated: st.Cond | None = None,
+        prop: st.Propagation | None = None,
     ) -> None:
         generation = int(raw["metadata"].get("generation") or 0)
         before = raw.get("status")
-        after = st.rule_status(before, generation, accepted, applied, self.now())
+        after = st.rule_status(
+            before,
+            generation,
+            accepted,
+            applied,
+            self.now(),
+            propagated,
+            None if prop is None else prop.text,
+        )
         if after == before:
             return
         try:
@@ -225,6 +251,18 @@ class WorkQueue:
     _queue: asyncio.Queue[Key] = field(default_factory=asyncio.Queue)
     _pending: set[Key] = field(default_factory=set)
     _failures: dict[Key, int] = field(default_factory=dict)
+    _timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)
+
+    def add_after(self, key: Key, delay: float) -> None:
+        """Queue ``key`` in ``delay`` seconds; one timer per key, the latest call wins."""
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
 
     def add(self, key: Key) -> None:
         if key not in self._pending:

@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from damselfly.api.v1alpha1 import API_VERSION, GROUP, P2PCluster, ProxyRule, regex_error
+from damselfly.api.rules import RenderedRules as RenderedRules
+from damselfly.api.rules import RuleVerdict as RuleVerdict
+from damselfly.api.rules import render_rules as render_rules
+from damselfly.api.v1alpha1 import API_VERSION, GROUP, P2PCluster, ProxyRule
 from damselfly.peer.config import (
     PeerConfig,
     ProxySection,
+    RulesApiSection,
     RulesSection,
     SchedulerSection,
     StorageSection,
 )
-from damselfly.peer.rules import Rule, RuleSet
 from damselfly.quantity import parse_duration, parse_size
 
 FIELD_MANAGER = "damselfly-operator"
@@ -125,78 +127,25 @@ def content_hash(text: str) -> str:
 # --- rules ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RuleVerdict:
-    """What happened to one ProxyRule when its cluster's rules were rendered."""
-
-    rule: ProxyRule
-    accepted: bool
-    applied: bool
-    reason: str
-    message: str
-
-
-@dataclass
-class RenderedRules:
-    ruleset: RuleSet
-    verdicts: list[RuleVerdict] = field(default_factory=list)
-
-    @property
-    def digest(self) -> str:
-        return self.ruleset.digest()
-
-    def yaml(self) -> str:
-        return self.ruleset.to_yaml()
-
-
-def peer_rule(rule: ProxyRule) -> Rule:
-    """The peer's form of a ProxyRule; raises ValueError when the peer would refuse it."""
-    spec = rule.spec
-    error = regex_error(spec.regex)
-    if error:
-        raise ValueError(error)
-    try:
-        return Rule(
-            regex=spec.regex,
-            use_tls=spec.use_tls,
-            redirect=spec.redirect,
-            filtered_query_params=list(spec.filtered_query_params or []),
-            content_addressed=spec.content_addressed,
-        )
-    except ValidationError as exc:
-        messages = (e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise ValueError("; ".join(messages)) from None
-
-
-def render_rules(cluster_name: str, rules: Iterable[ProxyRule]) -> RenderedRules:
-    """The rules of ``cluster_name``, ordered by priority then name; bad ones left out."""
-    mine = sorted(
-        (r for r in rules if r.spec.cluster_ref.name == cluster_name),
-        key=lambda r: (r.spec.priority, r.name),
-    )
-    accepted: list[Rule] = []
-    verdicts: list[RuleVerdict] = []
-    for rule in mine:
-        try:
-            converted = peer_rule(rule)
-        except ValueError as exc:
-            reason = "InvalidRegex" if "RE2" in str(exc) else "InvalidRule"
-            verdicts.append(RuleVerdict(rule, False, False, reason, str(exc)))
-            continue
-        if rule.spec.disabled:
-            verdicts.append(RuleVerdict(rule, True, False, "Disabled", "spec.disabled is true"))
-            continue
-        accepted.append(converted)
-        verdicts.append(RuleVerdict(rule, True, True, "Applied", ""))
-    return RenderedRules(RuleSet(rules=accepted), verdicts)
-
-
 # --- configs -------------------------------------------------------------------------
 
 
 def scheduler_address(cluster: P2PCluster) -> str:
     names = Names(cluster.name)
     return f"{names.scheduler}.{cluster.namespace}.svc:{cluster.spec.scheduler.port}"
+
+
+def rules_section(cluster: P2PCluster) -> RulesSection:
+    """ConfigMap: peers poll the mounted rules file. API: they watch ProxyRules (the
+    mounted file still gives them the operator's last rendering at start-up)."""
+    path = f"{CONFIG_DIR}/{RULES_KEY}"
+    if cluster.spec.rule_source == "API":
+        return RulesSection(
+            source="api",
+            file=path,
+            api=RulesApiSection(cluster_name=cluster.name, namespace=cluster.namespace),
+        )
+    return RulesSection(file=path)
 
 
 def peer_config(cluster: P2PCluster, seed: bool) -> PeerConfig:
@@ -218,7 +167,7 @@ def peer_config(cluster: P2PCluster, seed: bool) -> PeerConfig:
             low_watermark_percent=cache.low_watermark_percent,
             task_ttl=parse_duration(cache.task_ttl),
         ),
-        rules=RulesSection(file=f"{CONFIG_DIR}/{RULES_KEY}"),
+        rules=rules_section(cluster),
         scheduler=SchedulerSection(addresses=[scheduler_address(cluster)]),
     )
 
@@ -552,7 +501,8 @@ def services(cluster: P2PCluster) -> list[dict[str, Any]]:
 
 
 def peer_rbac(cluster: P2PCluster) -> list[dict[str, Any]]:
-    """Peers may read their rules from the API: ProxyRules and their rules ConfigMap."""
+    """Peers may read their rules from the API (ProxyRules, their rules ConfigMap) and
+    report which rules they run (Leases)."""
     names = Names(cluster.name)
     return [
         {
@@ -576,6 +526,13 @@ def peer_rbac(cluster: P2PCluster) -> list[dict[str, Any]]:
                     "resources": ["configmaps"],
                     "resourceNames": [names.rules],
                     "verbs": ["get", "list", "watch"],
+                },
+                # each peer reports the rules hash it runs in a Lease of its own; create
+                # cannot be limited by name, and a peer can at worst misreport a peer
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "create", "patch", "delete"],
                 },
             ],
         },

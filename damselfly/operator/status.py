@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from damselfly.api.rules import RULES_HASH_LABEL
+
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
@@ -22,6 +24,7 @@ SEED_PEERS_AVAILABLE = "SeedPeersAvailable"
 PEERS_AVAILABLE = "PeersAvailable"
 ACCEPTED = "Accepted"
 APPLIED = "Applied"
+PROPAGATED = "Propagated"
 
 
 MAX_MESSAGE = 1024
@@ -248,14 +251,103 @@ def rule_status(
     accepted: Cond,
     applied: Cond,
     now: str,
+    propagated: Cond | None = None,
+    propagation: str | None = None,
 ) -> dict[str, Any]:
     prev = previous or {}
-    return {
+    conds = [accepted, applied] if propagated is None else [accepted, applied, propagated]
+    status: dict[str, Any] = {
         "observedGeneration": generation,
-        "conditions": merge_conditions(
-            prev.get("conditions"), [accepted, applied], generation, now
-        ),
+        "conditions": merge_conditions(prev.get("conditions"), conds, generation, now),
     }
+    if propagation is not None:
+        status["propagation"] = propagation
+    return status
+
+
+# --- rule propagation: which rules the peers run ----------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """One peer's Lease: the rules hash it runs, and until when the report holds."""
+
+    host: str
+    rules_hash: str
+    expires: float  # epoch seconds
+
+
+def parse_time(text: str) -> float | None:
+    """metav1.Time or MicroTime to epoch seconds; None when unreadable."""
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def peer_report(lease: dict[str, Any]) -> PeerReport | None:
+    """A peer's report from its Lease (labels: see damselfly.api.rules); None if malformed."""
+    meta = lease.get("metadata") or {}
+    spec = lease.get("spec") or {}
+    rules_hash = (meta.get("labels") or {}).get(RULES_HASH_LABEL)
+    renewed = parse_time(str(spec.get("renewTime") or ""))
+    if not rules_hash or renewed is None:
+        return None
+    duration = float(spec.get("leaseDurationSeconds") or 0)
+    host = str(spec.get("holderIdentity") or meta.get("name", "?"))
+    return PeerReport(host, str(rules_hash), renewed + duration)
+
+
+def live_reports(leases: list[dict[str, Any]], now: float) -> list[PeerReport]:
+    """Reports still renewed: a peer that died stops counting once its lease runs out."""
+    reports = (peer_report(lease) for lease in leases)
+    return sorted((r for r in reports if r is not None and r.expires > now), key=lambda r: r.host)
+
+
+@dataclass(frozen=True)
+class Propagation:
+    expected: str
+    current: int
+    total: int
+    behind: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return f"{self.current}/{self.total}"
+
+
+def propagation(reports: list[PeerReport], expected: str) -> Propagation:
+    behind = tuple(r.host for r in reports if r.rules_hash != expected)
+    return Propagation(expected, len(reports) - len(behind), len(reports), behind)
+
+
+def propagated_condition(prop: Propagation) -> Cond:
+    """Propagated: True when every reporting peer runs the expected rule set."""
+    if prop.total == 0:
+        return Cond(
+            PROPAGATED,
+            None,
+            "NoReports",
+            "no peer reports the rules it runs (peers report with ruleSource API)",
+        )
+    if not prop.behind:
+        return Cond(PROPAGATED, True, "Propagated", f"{prop.text} peers run rules {prop.expected}")
+    shown = ", ".join(prop.behind[:5]) + (" ..." if len(prop.behind) > 5 else "")
+    return Cond(
+        PROPAGATED,
+        False,
+        "Propagating",
+        f"{prop.text} peers run rules {prop.expected}; behind: {shown}",
+    )
+
+
+def next_expiry(reports: list[PeerReport], now: float) -> float | None:
+    """Seconds until the first live report runs out: then the counts change by themselves."""
+    if not reports:
+        return None
+    return max(0.0, min(r.expires for r in reports) - now)
 
 
 def transitions(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -113,12 +113,46 @@ class StorageSection(_Section):
         return self
 
 
+class RulesApiSection(_Section):
+    """Where a peer in API-watch mode reads ProxyRules, and how it reports its rules."""
+
+    cluster_name: str = Field(min_length=1, description="ProxyRules with this clusterRef.name.")
+    namespace: str | None = Field(
+        default=None, description="Namespace of the ProxyRules; default: the pod's own."
+    )
+    kubeconfig: str | None = Field(
+        default=None, description="A kubeconfig file; default: the in-cluster service account."
+    )
+    report: bool = Field(
+        default=True, description="Write the running rules hash into a Lease for the operator."
+    )
+    lease_duration: Seconds = Field(
+        default=60.0, ge=3, description="A report not renewed for this long counts as gone."
+    )
+    watch_timeout: Seconds = Field(
+        default=300.0, ge=1, description="Server-side length of one watch request."
+    )
+    max_backoff: Seconds = Field(default=30.0, ge=0.1, description="Longest wait between retries.")
+
+
 class RulesSection(_Section):
+    source: Literal["file", "api"] = Field(
+        default="file",
+        description="file: poll `file` (a mounted ConfigMap works); "
+        "api: watch ProxyRules through the Kubernetes API (`file` is then only the start-up set).",
+    )
     file: str | None = Field(
         default=None, description="A rules YAML file (or a mounted ConfigMap dir) to watch."
     )
     rules: list[Rule] = Field(default_factory=list, description="Rules used when no file.")
     watch_interval: Seconds = 1.0
+    api: RulesApiSection | None = None
+
+    @model_validator(mode="after")
+    def _api_needs_its_section(self) -> RulesSection:
+        if self.source == "api" and self.api is None:
+            raise ValueError("rules.source api needs rules.api (at least clusterName)")
+        return self
 
 
 class SchedulerSection(_Section):

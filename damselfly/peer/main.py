@@ -25,6 +25,7 @@ from damselfly.peer.announcer import Announcer
 from damselfly.peer.cache import Cache
 from damselfly.peer.config import ConfigError, PeerConfig, load_config
 from damselfly.peer.download import P2P
+from damselfly.peer.kuberules import KubeRules
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import Proxy, RulesHolder
 from damselfly.peer.rules import CompiledRules, RuleSet
@@ -95,7 +96,13 @@ class Peer:
                 self.config.scheduler.announce_interval,
             )
             self._tasks.append(asyncio.create_task(announcer.run(lambda: self.upload.slots_free)))
-        self._tasks.append(asyncio.create_task(self.rules_source.watch()))
+        self.kube_rules: KubeRules | None = None
+        if self.config.rules.source == "api" and self.config.rules.api is not None:
+            # ProxyRules through the API; the file (the ConfigMap) only seeded the start
+            self.kube_rules = KubeRules(self.config.rules.api, self.rules_source, self.host_id)
+            self._tasks.append(asyncio.create_task(self.kube_rules.run()))
+        else:
+            self._tasks.append(asyncio.create_task(self.rules_source.watch()))
         self._tasks.append(asyncio.create_task(self.cache.run_gc(self.config.storage.gc_interval)))
         log.info(
             "peer started",
@@ -220,6 +227,8 @@ class Peer:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.kube_rules is not None:
+            await self.kube_rules.close()
         for server in self._servers:
             server.close()
         for runner in self._runners:
