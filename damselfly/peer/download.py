@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from damselfly.peer import origin
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.pieces import Piece, piece_length
+from damselfly.peer.reporter import PieceReporter
 from damselfly.peer.store import PieceStore, TaskRecord, read_chunks
 from damselfly.peer.swarm import ParentError, ParentLink, Swarm, TaskInfo
 from damselfly.peer.taskid import TaskKey
@@ -101,6 +102,9 @@ class Download:
         self._task: asyncio.Task[None] | None = None
         self._digests: dict[int, str] = {}  # from the scheduler: the first producer's
         self._reports: set[asyncio.Task[None]] = set()
+        self._reporter = (
+            PieceReporter(p2p.client, key.task_id, p2p.host_id) if p2p is not None else None
+        )
         self._last_progress = time.monotonic()
         self._reschedules = 0
 
@@ -444,38 +448,38 @@ class Download:
             )
 
     def _report_piece(self, piece: Piece, digest: str, seconds: float, parent: str | None) -> None:
-        if self.p2p is None:
+        if self._reporter is None:
             return
-        report = api.PieceReport(
-            number=piece.number,
-            digest=digest,
-            length=piece.length,
-            cost_ms=seconds * 1000,
-            parent_host_id=parent,
-        )
-        self._spawn_report(
-            self.p2p.client.report_pieces(
-                api.PieceReports(
-                    task_id=self.key.task_id, host_id=self.p2p.host_id, pieces=[report]
-                )
+        self._reporter.add(
+            api.PieceReport(
+                number=piece.number,
+                digest=digest,
+                length=piece.length,
+                cost_ms=seconds * 1000,
+                parent_host_id=parent,
             )
         )
 
     def _report_result(self, record: TaskRecord | None, error: str | None) -> None:
+        """After the piece reports it follows: the scheduler sees pieces, then the end."""
         if self.p2p is None:
             return
-        self._spawn_report(
-            self.p2p.client.report_result(
-                api.TaskResult(
-                    task_id=self.key.task_id,
-                    host_id=self.p2p.host_id,
-                    success=error is None,
-                    size=record.size if record else None,
-                    piece_length=record.piece_length if record else None,
-                    error=error,
-                )
-            )
+        result = api.TaskResult(
+            task_id=self.key.task_id,
+            host_id=self.p2p.host_id,
+            success=error is None,
+            size=record.size if record else None,
+            piece_length=record.piece_length if record else None,
+            error=error,
         )
+        client, reporter = self.p2p.client, self._reporter
+
+        async def send() -> None:
+            if reporter is not None:
+                await reporter.flush()
+            await client.report_result(result)
+
+        self._spawn_report(send())
 
     def _spawn_report(self, call: Coroutine[Any, Any, None]) -> None:
         """Reports are best effort: the download never waits for the scheduler."""
@@ -493,25 +497,31 @@ class Download:
     async def _write_stream(
         self, fd: int, offset: int, length: int, chunks: AsyncIterator[bytes]
     ) -> str:
-        """Write exactly ``length`` bytes at ``offset``, hashing them; return the digest."""
+        """Write exactly ``length`` bytes at ``offset``, hashing them; return the digest.
+
+        Chunks are handed to the writer thread as received, about 1 MiB at a
+        time: hashing and writing happen off the event loop, with no copy.
+        """
         digest = hashlib.sha256()
-        buffer = bytearray()
+        pending: list[bytes | memoryview] = []
+        pending_bytes = 0
         written = 0
 
         async def flush() -> None:
-            nonlocal written
-            if written + len(buffer) > length:
+            nonlocal written, pending, pending_bytes
+            if written + pending_bytes > length:
                 raise origin.OriginError("origin sent more bytes than the range holds")
-            data = bytes(buffer)
-            buffer.clear()
-            await asyncio.to_thread(self._hash_and_write, digest, fd, offset + written, data)
-            written += len(data)
+            batch, count = pending, pending_bytes
+            pending, pending_bytes = [], 0
+            await asyncio.to_thread(self._hash_and_write, digest, fd, offset + written, batch)
+            written += count
 
         async for chunk in chunks:
-            buffer += chunk
-            if len(buffer) >= WRITE_BUFFER:
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= WRITE_BUFFER:
                 await flush()
-        if buffer:
+        if pending:
             await flush()
         if written != length:
             raise origin.OriginError(f"body ended after {written} of {length} bytes")
@@ -535,18 +545,20 @@ class Download:
         length = record.piece_length
         fd = self.store.open_for_write(record.task_id)
         try:
-            number, filled, buffer = 0, 0, bytearray()
+            number, filled = 0, 0
+            buffered: list[bytes | memoryview] = []  # slices of received chunks, no copies
+            buffered_bytes = 0
             digest = hashlib.sha256()
             pending: tuple[int, str] | None = None  # a full piece not yet announced
 
             async def flush() -> None:
-                nonlocal filled
-                data = bytes(buffer)
-                buffer.clear()
+                nonlocal filled, buffered, buffered_bytes
+                batch, count = buffered, buffered_bytes
+                buffered, buffered_bytes = [], 0
                 await asyncio.to_thread(
-                    self._hash_and_write, digest, fd, number * length + filled, data
+                    self._hash_and_write, digest, fd, number * length + filled, batch
                 )
-                filled += len(data)
+                filled += count
 
             async for chunk in _body(response):
                 view = memoryview(chunk)
@@ -555,15 +567,16 @@ class Download:
                         await self._piece_done(record, pending[0], length, pending[1])
                         self._report_piece(record.piece(pending[0]), pending[1], 0.0, None)
                         pending = None
-                    take = view[: length - filled - len(buffer)]
+                    take = view[: length - filled - buffered_bytes]
                     view = view[len(take) :]
-                    buffer += take
-                    if filled + len(buffer) == length or len(buffer) >= WRITE_BUFFER:
+                    buffered.append(take)
+                    buffered_bytes += len(take)
+                    if filled + buffered_bytes == length or buffered_bytes >= WRITE_BUFFER:
                         await flush()
                     if filled == length:
                         pending = (number, digest.hexdigest())
                         number, filled, digest = number + 1, 0, hashlib.sha256()
-            if buffer:
+            if buffered:
                 await flush()
         finally:
             os.close(fd)
@@ -583,9 +596,12 @@ class Download:
             await self._piece_done(record, *last)
             self._report_piece(record.piece(last[0]), last[2], 0.0, None)
 
-    def _hash_and_write(self, digest: hashlib._Hash, fd: int, offset: int, data: bytes) -> None:
-        digest.update(data)
-        self.store.write_at(fd, offset, data)
+    def _hash_and_write(
+        self, digest: hashlib._Hash, fd: int, offset: int, chunks: list[bytes | memoryview]
+    ) -> None:
+        for chunk in chunks:
+            digest.update(chunk)
+        self.store.write_at(fd, offset, chunks)
 
     async def _verify_object(self, record: TaskRecord) -> None:
         """With a known sha256, hash the whole stored object before releasing its end."""

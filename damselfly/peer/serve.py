@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+from typing import BinaryIO
 
 from damselfly.peer.cache import Cache
 from damselfly.peer.download import Download, DownloadFailed
 from damselfly.peer.http1 import ClientConnection
 from damselfly.peer.pieces import pieces_covering
 from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
-from damselfly.peer.store import READ_CHUNK, PieceCorrupt, TaskRecord
+from damselfly.peer.store import PieceCorrupt, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ async def _send_span(
     cache_state: str,
 ) -> None:
     source = "local" if cache_state == "hit" else "origin"
-    fd = cache.store.open_for_read(record.task_id)
+    file = cache.store.open_file(record.task_id)
     cache.begin_serving(record.task_id)
     try:
         for number in pieces_covering(start, stop, record.piece_length):
@@ -98,7 +98,7 @@ async def _send_span(
                 raise DownloadFailed(f"object ended before piece {number}")
             piece = record.piece(number)
             await _send_piece_part(
-                conn, cache, record, fd, number, max(start, piece.offset), min(stop, piece.end)
+                conn, cache, record, file, number, max(start, piece.offset), min(stop, piece.end)
             )
             cache.metrics.served_bytes.labels(source=source).inc(
                 min(stop, piece.end) - max(start, piece.offset)
@@ -107,7 +107,7 @@ async def _send_span(
     except (DownloadFailed, PieceCorrupt) as exc:
         _fail(conn, cache, record, exc)
     finally:
-        os.close(fd)
+        file.close()
         cache.end_serving(record.task_id)
     if cache_state == "hit":
         cache.store.touch(record.task_id)
@@ -126,20 +126,20 @@ async def _serve_unknown_length(
     if head:
         await conn.end()
         return
-    fd = cache.store.open_for_read(record.task_id)
+    file = cache.store.open_file(record.task_id)
     cache.begin_serving(record.task_id)
     try:
         number = 0
         while await download.wait_piece(number):
             piece = record.piece(number)
-            await _send_piece_part(conn, cache, record, fd, number, piece.offset, piece.end)
+            await _send_piece_part(conn, cache, record, file, number, piece.offset, piece.end)
             cache.metrics.served_bytes.labels(source="origin").inc(piece.length)
             number += 1
         await conn.end()
     except (DownloadFailed, PieceCorrupt) as exc:
         _fail(conn, cache, record, exc)
     finally:
-        os.close(fd)
+        file.close()
         cache.end_serving(record.task_id)
 
 
@@ -147,20 +147,21 @@ async def _send_piece_part(
     conn: ClientConnection,
     cache: Cache,
     record: TaskRecord,
-    fd: int,
+    file: BinaryIO,
     number: int,
     start: int,
     stop: int,
 ) -> None:
-    """Send bytes [start, stop) of one piece, after checking the piece's digest."""
-    await asyncio.to_thread(cache.store.verify_piece, fd, record, number)
-    position = start
-    while position < stop:
-        data = await asyncio.to_thread(os.pread, fd, min(READ_CHUNK, stop - position), position)
-        if not data:
-            raise PieceCorrupt(f"task {record.task_id}: data file is shorter than piece {number}")
-        await conn.send(data)
-        position += len(data)
+    """Send bytes [start, stop) of one piece, after checking the piece's digest.
+
+    A piece read back for the first time in this process is hashed first, in a
+    thread (which also brings it into the page cache); then sendfile sends it.
+    """
+    if not cache.store.is_verified(record.task_id, number):
+        await asyncio.to_thread(cache.store.verify_piece, file.fileno(), record, number)
+    sent = await conn.send_file(file, start, stop - start)
+    if sent != stop - start:
+        raise PieceCorrupt(f"task {record.task_id}: data file is shorter than piece {number}")
 
 
 def _fail(conn: ClientConnection, cache: Cache, record: TaskRecord, exc: Exception) -> None:
