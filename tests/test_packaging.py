@@ -101,3 +101,18 @@ def test_kind_config_maps_proxy_nodeport() -> None:
     assert roles.count("worker") == 2
     mappings = [m for node in config["nodes"] for m in node.get("extraPortMappings", [])]
     assert {"containerPort": 30950, "hostPort": 65001, "protocol": "TCP"} in mappings
+
+
+def test_operator_rendered_manifests_call_real_subcommands() -> None:
+    """The scheduler, seed and peer containers the operator renders run real commands."""
+    from damselfly.operator.render_cli import load_documents, render_documents
+
+    files = [str(p) for p in sorted((ROOT / "examples").glob("*.yaml"))]
+    objects, _ = render_documents(load_documents(files))
+    argvs = damselfly_argvs(objects)
+    assert len(argvs) >= 3, "expected scheduler, seed and peer containers"
+    for argv in argvs:
+        parse_ok(argv)
+    joined = [" ".join(argv) for argv in argvs]
+    assert any(a.startswith("scheduler") for a in joined)
+    assert any(a.startswith("peer") and "--seed" in a for a in joined)

@@ -248,3 +248,28 @@ def test_a_scheduler_restart_mid_download_loses_nothing(
     assert late.metric("damselfly_peer_downloaded_bytes_total", source="parent") == SIZE
     assert origin_bytes(origin, "files/model.bin") <= 1.05 * SIZE + 16
     assert seed.proc.alive()
+
+
+def test_two_scheduler_replicas_with_one_down_lose_nothing(
+    processes,
+    tmp_path: Path,
+    origin: Origin,  # type: ignore[no-untyped-def]
+) -> None:
+    """Peers pick a scheduler per task by consistent hashing and fail over to the next."""
+    alive = start_scheduler(
+        processes, tmp_path, name="sched-a", config={"announceInterval": ANNOUNCE}
+    )
+    dead = f"127.0.0.1:{free_port()}"
+    addresses = [alive.address, dead]
+    seed = swarm_peer(processes, tmp_path, "seed-0", addresses, seed=True)
+    peers = [swarm_peer(processes, tmp_path, f"peer-{i}", addresses) for i in range(2)]
+    wait_for_hosts(alive, 3)
+    expected = sha256(origin.directory / "files" / "model.bin")
+    for index in range(4):  # several tasks: some owned by the dead replica
+        url = origin.url("files/model.bin", v=index)
+        for peer in peers:
+            assert fetch(peer, url, tmp_path / f"{index}-{peer.proc.name}.bin") == 0
+            assert sha256(tmp_path / f"{index}-{peer.proc.name}.bin") == expected
+    assert origin_bytes(origin, "files/model.bin") <= 4 * (SIZE + 16)
+    assert alive.metric("damselfly_scheduler_registrations_total") == 8
+    assert seed.metric("damselfly_peer_uploaded_bytes_total") > 0
