@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.origin import Origin, start_origin
+from tests.support.origin import Origin, make_certificate, start_origin
 from tests.support.peer import PeerHandle, start_peer
 from tests.support.procs import wait_until
 
@@ -442,3 +442,39 @@ def test_a_download_killed_mid_way_resumes_after_restart(
     fetched = sorted(r for r in origin.ranges(f"files/{oid}") if r != "bytes=0-0")
     pieces = ["bytes=0-4194303", "bytes=4194304-8388607", f"bytes=8388608-{SIZE - 1}"]
     assert fetched == sorted(p for n, p in enumerate(pieces) if n not in stored)
+
+
+def test_use_tls_fetches_https_upstream_for_a_plain_http_client(
+    processes,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """The Git LFS recipe: url.http://H/.insteadOf https://H/ plus a useTLS rule.
+
+    The client speaks plain http to the proxy; the peer fetches over https,
+    verifying the origin's certificate against the configured CA file.
+    """
+    root = tmp_path / "www"
+    (root / "files").mkdir(parents=True)
+    data = os.urandom(5 * MiB)
+    (root / "files" / "tls.bin").write_bytes(data)
+    cert, key = make_certificate(tmp_path)
+    secure = start_origin(processes, root, tls=(cert, key))
+    plain_url = secure.url("files/tls.bin").replace("https://", "http://", 1)
+    peer = start_peer(
+        processes,
+        tmp_path,
+        rule_list=[{"regex": "/files/", "useTLS": True}],
+        proxy={"upstreamCaFile": str(cert)},
+    )
+    code, headers = fetch(peer, plain_url, tmp_path / "out.bin")
+    assert code == 0
+    assert headers["x-damselfly-cache"] == "miss"
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert secure.hits("files/tls.bin") >= 2  # the stat and the piece, both over TLS
+    # Without the CA the origin's certificate is refused: a clear 502, no bytes.
+    untrusting = start_peer(
+        processes, tmp_path, name="untrusting", rule_list=[{"regex": "/files/", "useTLS": True}]
+    )
+    code, headers = fetch(untrusting, plain_url, tmp_path / "refused.bin")
+    assert headers[":status"] == "502"
+    assert "certificate" in (tmp_path / "refused.bin").read_text().lower()

@@ -37,6 +37,8 @@ import asyncio
 import gzip
 import hashlib
 import json
+import ssl
+import subprocess
 import sys
 import time
 import urllib.request
@@ -285,15 +287,51 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--tls-cert", type=Path, help="serve https with this certificate")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's private key")
     args = parser.parse_args(argv)
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
     print(f"origin: serving {args.dir} on {args.host}:{args.port}", file=sys.stderr, flush=True)
     web.run_app(
         OriginApp(args.dir).build(),
         host=args.host,
         port=args.port,
+        ssl_context=context,
         print=None,
         access_log=None,
     )
+
+
+def make_certificate(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``host`` (openssl), valid one day: (cert, key)."""
+    cert, key = directory / "origin.crt", directory / "origin.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=damselfly-test-origin",
+            "-addext",
+            f"subjectAltName=IP:{host}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
 
 
 # ---- for tests: start one as a real subprocess and talk to it ----
@@ -318,6 +356,16 @@ class Origin:
     base_url: str
     directory: Path
     process: ManagedProcess
+    ca_file: Path | None = None
+
+    def _open(self, request: str | urllib.request.Request) -> Any:
+        if self.ca_file is None:
+            return _DIRECT.open(request, timeout=10)
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+        )
+        return opener.open(request, timeout=10)
 
     def url(self, path: str, **flags: str | int) -> str:
         """URL of ``path`` (relative to the directory) with behaviour ``flags`` as query."""
@@ -325,7 +373,7 @@ class Origin:
         return f"{self.base_url}/{path.lstrip('/')}" + (f"?{query}" if query else "")
 
     def stats(self) -> dict[str, Any]:
-        with _DIRECT.open(self.base_url + "/__stats", timeout=10) as resp:
+        with self._open(self.base_url + "/__stats") as resp:
             data: dict[str, Any] = json.load(resp)
         return data
 
@@ -344,7 +392,7 @@ class Origin:
 
     def reset(self) -> None:
         req = urllib.request.Request(self.base_url + "/__stats/reset", data=b"", method="POST")
-        with _DIRECT.open(req, timeout=10):
+        with self._open(req):
             pass
 
 
@@ -354,25 +402,29 @@ def start_origin(
     host: str = "127.0.0.1",
     name: str = "origin",
     timeout: float = 30.0,
+    tls: tuple[Path, Path] | None = None,
 ) -> Origin:
-    """Start ``python -m tests.support.origin`` under ``processes``; wait until it answers."""
+    """Start ``python -m tests.support.origin`` under ``processes``; wait until it answers.
+
+    ``tls``: (cert, key) to serve https; the Origin then trusts that cert itself.
+    """
     port = free_port(host)
-    proc = processes.start(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "tests.support.origin",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--dir",
-            str(directory),
-        ],
-        cwd=REPO_ROOT,
-    )
-    origin = Origin(f"http://{host}:{port}", directory, proc)
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.support.origin",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(directory),
+    ]
+    if tls is not None:
+        argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
+    proc = processes.start(name, argv, cwd=REPO_ROOT)
+    scheme = "https" if tls else "http"
+    origin = Origin(f"{scheme}://{host}:{port}", directory, proc, tls[0] if tls else None)
 
     def ready() -> bool:
         try:
