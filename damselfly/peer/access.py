@@ -25,26 +25,27 @@ class Refused(Exception):
         self.reason = reason
 
 
-def is_link_local(address: str) -> bool:
+def parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP literal (zone dropped, IPv4-mapped IPv6 unwrapped), or None for a name."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in _LINK_LOCAL)
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_link_local(address: str) -> bool:
+    ip = parse_ip(address)
+    return ip is not None and any(ip in network for network in _LINK_LOCAL)
 
 
 def client_allowed(client_ip: str, cidrs: list[str]) -> bool:
     if not cidrs:
         return True
-    try:
-        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+    ip = parse_ip(client_ip)
+    return ip is not None and any(ip in ipaddress.ip_network(c, strict=False) for c in cidrs)
 
 
 def check_basic_auth(header: str | None, username: str, password: str) -> bool:

@@ -107,6 +107,7 @@ class Download:
         )
         self._last_progress = time.monotonic()
         self._reschedules = 0
+        self._sources: dict[int, str] = {}  # piece number -> origin | parent
 
     # --- client side --------------------------------------------------------
     def start(self, on_finish: Callable[[Download], None]) -> None:
@@ -140,6 +141,10 @@ class Download:
                 if self.complete or (total is not None and number >= total):
                     return self.servable(number)
                 await self._changed.wait()
+
+    def piece_source(self, number: int) -> str:
+        """Where piece ``number`` came from: origin, parent, or local (stored before)."""
+        return self._sources.get(number, "local")
 
     def servable_pieces(self) -> dict[int, str]:
         record = self.record
@@ -379,7 +384,7 @@ class Download:
                 )
             source = "parent"
         self.metrics.downloaded_bytes.labels(source=source).inc(piece.length)
-        await self._piece_done(record, piece.number, piece.length, digest)
+        await self._piece_done(record, piece.number, piece.length, digest, source)
         self._report_piece(
             piece, digest, time.monotonic() - began, link.parent.host_id if link else None
         )
@@ -527,7 +532,10 @@ class Download:
             raise origin.OriginError(f"body ended after {written} of {length} bytes")
         return digest.hexdigest()
 
-    async def _piece_done(self, record: TaskRecord, number: int, length: int, digest: str) -> None:
+    async def _piece_done(
+        self, record: TaskRecord, number: int, length: int, digest: str, source: str = "origin"
+    ) -> None:
+        self._sources[number] = source
         self.store.record_piece(record.task_id, number, length, digest)
         record.pieces[number] = digest
         self._done.add(number)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 from damselfly.peer.cache import Cache
@@ -89,26 +90,7 @@ async def _send_span(
     stop: int,
     cache_state: str,
 ) -> None:
-    source = "local" if cache_state == "hit" else "origin"
-    file = cache.store.open_file(record.task_id)
-    cache.begin_serving(record.task_id)
-    try:
-        for number in pieces_covering(start, stop, record.piece_length):
-            if download is not None and not await download.wait_piece(number):
-                raise DownloadFailed(f"object ended before piece {number}")
-            piece = record.piece(number)
-            await _send_piece_part(
-                conn, cache, record, file, number, max(start, piece.offset), min(stop, piece.end)
-            )
-            cache.metrics.served_bytes.labels(source=source).inc(
-                min(stop, piece.end) - max(start, piece.offset)
-            )
-        await conn.end()
-    except (DownloadFailed, PieceCorrupt) as exc:
-        _fail(conn, cache, record, exc)
-    finally:
-        file.close()
-        cache.end_serving(record.task_id)
+    await _send_spans(conn, cache, record, download, _range_spans(record, download, start, stop))
     if cache_state == "hit":
         cache.store.touch(record.task_id)
 
@@ -126,15 +108,47 @@ async def _serve_unknown_length(
     if head:
         await conn.end()
         return
+    await _send_spans(conn, cache, record, download, _spans_to_the_end(record, download))
+
+
+Span = tuple[int, int, int]  # piece number, first byte, one past the last byte
+
+
+async def _range_spans(
+    record: TaskRecord, download: Download | None, start: int, stop: int
+) -> AsyncIterator[Span]:
+    """The parts of the pieces covering [start, stop), each once it may be served."""
+    for number in pieces_covering(start, stop, record.piece_length):
+        if download is not None and not await download.wait_piece(number):
+            raise DownloadFailed(f"object ended before piece {number}")
+        piece = record.piece(number)
+        yield number, max(start, piece.offset), min(stop, piece.end)
+
+
+async def _spans_to_the_end(record: TaskRecord, download: Download) -> AsyncIterator[Span]:
+    """Whole pieces in order until the download says there are no more."""
+    number = 0
+    while await download.wait_piece(number):
+        piece = record.piece(number)
+        yield number, piece.offset, piece.end
+        number += 1
+
+
+async def _send_spans(
+    conn: ClientConnection,
+    cache: Cache,
+    record: TaskRecord,
+    download: Download | None,
+    spans: AsyncIterator[Span],
+) -> None:
+    """Send the spans and end the response; any failure cuts the connection instead."""
     file = cache.store.open_file(record.task_id)
     cache.begin_serving(record.task_id)
     try:
-        number = 0
-        while await download.wait_piece(number):
-            piece = record.piece(number)
-            await _send_piece_part(conn, cache, record, file, number, piece.offset, piece.end)
-            cache.metrics.served_bytes.labels(source="origin").inc(piece.length)
-            number += 1
+        async for number, start, stop in spans:
+            await _send_piece_part(conn, cache, record, file, number, start, stop)
+            source = "local" if download is None else download.piece_source(number)
+            cache.metrics.served_bytes.labels(source=source).inc(stop - start)
         await conn.end()
     except (DownloadFailed, PieceCorrupt) as exc:
         _fail(conn, cache, record, exc)

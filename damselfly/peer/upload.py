@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -58,25 +59,22 @@ class UploadServer:
     async def healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    async def _source(self, task_id: str) -> tuple[TaskRecord, Download | None] | None:
+    async def _source(self, task_id: str) -> tuple[TaskRecord, Download | None]:
+        """The task's record, and its download when one is running; 404 if not held."""
         download = self.cache.active.get(task_id)
         if download is not None:
-            try:
+            with contextlib.suppress(DownloadFailed):
                 await download.wait_started()
-            except DownloadFailed:
-                return None
-            if download.record is None:
-                return None
-            return download.record, download
-        record = self.cache.complete_record(task_id)
-        return (record, None) if record is not None else None
+            if download.record is not None:
+                return download.record, download
+        else:
+            record = self.cache.complete_record(task_id)
+            if record is not None:
+                return record, None
+        raise web.HTTPNotFound(text=f"task {task_id} is not held here\n")
 
     async def piece_stream(self, request: web.Request) -> web.StreamResponse:
-        task_id = request.match_info["task_id"]
-        source = await self._source(task_id)
-        if source is None:
-            raise web.HTTPNotFound(text=f"task {task_id} is not held here\n")
-        record, download = source
+        record, download = await self._source(request.match_info["task_id"])
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         sent = dict(record.pieces) if download is None else download.servable_pieces()
@@ -109,10 +107,7 @@ class UploadServer:
 
     async def piece_data(self, request: web.Request) -> web.StreamResponse:
         task_id = request.match_info["task_id"]
-        source = await self._source(task_id)
-        if source is None:
-            raise web.HTTPNotFound(text=f"task {task_id} is not held here\n")
-        record, download = source
+        record, download = await self._source(task_id)
         if record.size is None:
             raise web.HTTPConflict(text="size not known yet\n")
         try:
