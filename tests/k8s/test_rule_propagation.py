@@ -9,11 +9,15 @@ with ``X-Damselfly-Cache``; pass-through answers carry no such header.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -23,6 +27,7 @@ from tests.k8s.conftest import Kubectl
 from tests.k8s.controlplane import ControlPlane, wait_for
 from tests.support.origin import Origin, start_origin
 from tests.support.peer import PeerHandle, start_peer
+from tests.support.ports import free_port
 from tests.support.procs import ManagedProcess
 
 pytestmark = [pytest.mark.k8s, pytest.mark.timeout(240)]
@@ -240,9 +245,12 @@ def test_a_bad_rule_never_takes_a_peer_down(
         WAIT,
         "good rule propagated",
     )
-    _, bad = propagation(kubectl, ns, "bad")
-    assert bad.get("status") == "False"
-    assert bad.get("reason") == "NotAccepted"
+    wait_for(
+        lambda: propagation(kubectl, ns, "bad")[1].get("reason") == "NotAccepted",
+        WAIT,
+        "the bad rule: Propagated False NotAccepted",
+    )
+    assert propagation(kubectl, ns, "bad")[1]["status"] == "False"
 
     # a peer that stops withdraws its report: the count follows
     peers[-1].proc.stop()
@@ -251,3 +259,134 @@ def test_a_bad_rule_never_takes_a_peer_down(
         WAIT,
         "a stopped peer no longer counted",
     )
+
+
+class Relay:
+    """A loopback TCP relay to the API server that a test can cut and restore: the
+    peer's connection breaks as it would when the API server restarts or a node's
+    network drops, while the real API server keeps taking writes."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def up(self) -> None:
+        async def serve() -> None:
+            self.server = await asyncio.start_server(
+                self._handle, "127.0.0.1", self.port, reuse_address=True
+            )
+
+        self._run(serve())
+
+    def down(self) -> None:
+        async def cut() -> None:
+            if self.server is not None:
+                self.server.close()
+                await self.server.wait_closed()
+            for writer in list(self.writers):
+                writer.transport.abort()
+            self.writers.clear()
+
+        self._run(cut())
+
+    def close(self) -> None:
+        self.down()
+
+        async def drain() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self._run(drain())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_a_peer_resyncs_after_losing_the_api_server(
+    namespace: str,
+    kubectl: Kubectl,
+    control_plane: ControlPlane,
+    operator: ManagedProcess,
+    processes: Any,
+    tmp_path: Path,
+) -> None:
+    """Cut the peer's API connection, change rules meanwhile, restore: the peer keeps
+    the last good set while cut off, then relists and runs what the API says now."""
+    ns = namespace
+    kubectl.apply(cluster_manifest(next(_node_ports)), ns)
+    kubeconfig = peer_kubeconfig(kubectl, control_plane, ns, tmp_path / "peer.kubeconfig")
+    api = urlsplit(control_plane.server)
+    relay = Relay((api.hostname or "127.0.0.1", api.port or 443))
+    relay.up()
+    config = json.loads(kubeconfig.read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{relay.port}"
+    kubeconfig.write_text(json.dumps(config))
+    www = tmp_path / "www"
+    (www / "old").mkdir(parents=True)
+    (www / "new").mkdir()
+    (www / "old" / "x.bin").write_bytes(b"o" * 1000)
+    (www / "new" / "x.bin").write_bytes(b"n" * 1000)
+    origin = start_origin(processes, www)
+    try:
+        peer = start_peer(
+            processes,
+            tmp_path,
+            hostId="cut-off",
+            rules={
+                "source": "api",
+                "api": {
+                    "clusterName": CLUSTER,
+                    "namespace": ns,
+                    "kubeconfig": str(kubeconfig),
+                    "maxBackoff": "1s",
+                },
+            },
+        )
+        old_url, new_url = origin.base_url + "/old/x.bin", origin.base_url + "/new/x.bin"
+        kubectl.apply(rule_manifest("old", "/old/"), ns)
+        wait_for(lambda: "x-damselfly-cache" in fetch(peer, old_url), WAIT, "old rule")
+
+        relay.down()
+        kubectl.run("delete", "proxyrule", "old", "-n", ns)
+        kubectl.apply(rule_manifest("new", "/new/"), ns)
+        time.sleep(3)  # the watch breaks; relists fail against the cut relay, with backoff
+        assert peer.proc.alive
+        assert "x-damselfly-cache" in fetch(peer, old_url)  # the last good set stays
+        assert "x-damselfly-cache" not in fetch(peer, new_url)
+
+        relay.up()
+        wait_for(lambda: "x-damselfly-cache" in fetch(peer, new_url), WAIT, "resync: new rule")
+        assert "x-damselfly-cache" not in fetch(peer, old_url)
+        wait_for(lambda: propagation(kubectl, ns, "new")[0] == "1/1", WAIT, "report after resync")
+    finally:
+        relay.close()
