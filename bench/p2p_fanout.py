@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -134,6 +135,7 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
+    code_dir: Path = REPO  # where damselfly and tests.support are imported from
 
     @property
     def switch(self) -> str:
@@ -182,7 +184,8 @@ class Lab:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=REPO,
+                cwd=self.code_dir,
+                env={**os.environ, "PYTHONPATH": str(self.code_dir)},
                 start_new_session=True,  # its own group: killed as one at teardown
             )
         proc = Proc(name, popen, log_path)
@@ -382,13 +385,15 @@ def start_swarm(args: argparse.Namespace, setup: Setup, work: Path) -> None:
     sched_config: dict[str, Any] = {"announceInterval": args.announce_interval}
     sched_config.update(dict(parse_assignment(a) for a in args.scheduler_set))
     config_path.write_text(yaml.safe_dump(sched_config))
+    launch = [PYTHON, str(REPO / "bench" / "p2p_launch.py")]
+    for name in args.scheduler_patch:
+        launch += ["--patch", name]
     proc = lab.start(
         "scheduler",
         sched,
         [
-            PYTHON,
-            "-m",
-            "damselfly.cli",
+            *launch,
+            "--",
             "--log-level",
             args.log_level,
             "scheduler",
@@ -422,7 +427,7 @@ def start_swarm(args: argparse.Namespace, setup: Setup, work: Path) -> None:
             },
             "rules": {"rules": [{"regex": "/files/"}]},
         }
-        for assignment in args.peer_set:
+        for assignment in args.peer_set + (args.seed_set if host is setup.seed else []):
             dotted, value = parse_assignment(assignment)
             *sections, leaf = dotted.split(".")
             node = config
@@ -474,6 +479,47 @@ def origin_bytes(setup: Setup) -> int:
         if path.endswith(OBJECT_PATH)
         for r in slot["requests"]
     )
+
+
+def task_info(setup: Setup) -> dict[str, Any] | None:
+    """The scheduler's view of the task (who holds it, their parents), best effort."""
+    from damselfly.peer.rules import DEFAULT_FILTERED_QUERY_PARAMS
+    from damselfly.peer.taskid import task_key
+
+    assert setup.sched is not None
+    task_id = task_key(setup.url, tuple(DEFAULT_FILTERED_QUERY_PARAMS)).task_id
+    url = f"http://{setup.sched.ip}:{SCHED_PORT}/v1/tasks/{task_id}"
+    try:
+        info: dict[str, Any] = json.loads(setup.lab.http_get(setup.sched, url, timeout=2.0))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return info
+
+
+class ParentSampler(threading.Thread):
+    """Polls the scheduler during a run: every parent each peer was given."""
+
+    def __init__(self, setup: Setup, interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.setup = setup
+        self.interval = interval
+        self.seen: dict[str, set[str]] = {}
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            info = task_info(self.setup)
+            for host, peer in (info or {}).get("peers", {}).items():
+                self.seen.setdefault(host, set()).update(peer["parents"])
+            self.halt.wait(self.interval)
+
+    def stop(self) -> str:
+        self.halt.set()
+        self.join(timeout=10)
+        return " ".join(
+            f"{host}<-{','.join(sorted(parents)) or '-'}"
+            for host, parents in sorted(self.seen.items())
+        )
 
 
 def reset_origin(setup: Setup) -> None:
@@ -532,6 +578,13 @@ def fan_out(
     return results
 
 
+def cpu_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -569,6 +622,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--peer-set", action="append", default=[], help="peer config, e.g. upload.slots=64"
     )
     parser.add_argument(
+        "--seed-set", action="append", default=[], help="seed-only config, e.g. upload.slots=2"
+    )
+    parser.add_argument(
         "--scheduler-set", action="append", default=[], help="e.g. candidateParents=8"
     )
     parser.add_argument(
@@ -577,7 +633,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help="bench-only constant, e.g. damselfly.peer.swarm.MAX_REQUESTS_PER_PARENT=8",
     )
-    parser.add_argument("--patch", action="append", default=[], help="see bench/p2p_launch.py")
+    parser.add_argument(
+        "--patch", action="append", default=[], help="peer patch, see bench/p2p_launch.py"
+    )
+    parser.add_argument(
+        "--scheduler-patch", action="append", default=[], help="see bench/p2p_launch.py"
+    )
+    parser.add_argument(
+        "--code",
+        default=None,
+        metavar="REV",
+        help="run damselfly and the origin from this git revision (e.g. HEAD) instead of "
+        "the working tree, so edits in progress do not change the figures",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy logs here")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -592,6 +660,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         direct = args.peers * args.size / mbit_to_bytes(args.origin_mbit)
         args.timeout = max(120.0, 3 * direct)
     return args
+
+
+def snapshot(revision: str, into: Path) -> Path:
+    """damselfly/ and tests/ as of ``revision``, unpacked into ``into``."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision, "damselfly", "tests"],
+        capture_output=True,
+        timeout=CMD_TIMEOUT,
+        check=True,
+    )
+    subprocess.run(
+        ["tar", "-x", "-C", str(into)], input=archive.stdout, timeout=CMD_TIMEOUT, check=True
+    )
+    return into
 
 
 def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -638,6 +721,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     try:
         with lab_of(run_id, log_dir) as lab:
+            if args.code is not None:
+                lab.code_dir = snapshot(args.code, work / "code")
+                report["code"] = args.code
             return bench(args, lab, work, report)
     except Unavailable as exc:
         print(f"p2p_fanout: cannot run here: {exc}. No figures.", file=sys.stderr)
@@ -674,9 +760,15 @@ def bench(args: argparse.Namespace, lab: Lab, work: Path, report: dict[str, Any]
     ok = True
     if setup.sched is not None:
         reset_origin(setup)
-        began = time.monotonic()
-        results = fan_out(setup, True, args.timeout, args.verify, work)
-        wall = time.monotonic() - began
+        sampler = ParentSampler(setup)
+        sampler.start()
+        began, cpu_before = time.monotonic(), cpu_busy()
+        try:
+            results = fan_out(setup, True, args.timeout, args.verify, work)
+        finally:
+            graph = sampler.stop()
+        wall, cpu_after = time.monotonic() - began, cpu_busy()
+        cpu = (cpu_after[0] - cpu_before[0]) / max(1, cpu_after[1] - cpu_before[1])
         time.sleep(args.announce_interval + 0.5)  # last piece reports reach the scheduler
         sent = origin_bytes(setup)
         members = ([setup.seed] if setup.seed else []) + setup.peers
@@ -685,11 +777,13 @@ def bench(args: argparse.Namespace, lab: Lab, work: Path, report: dict[str, Any]
         report["swarm"] = {
             "results": [vars(r) for r in results],
             "wall": wall,
+            "cpu_busy": cpu,
             "origin_bytes": sent,
             "peers": per_peer,
             "scheduler": {k: v for k, v in sched.items() if "traffic" in k or "schedules" in k},
         }
         print(fmt_run("swarm", results, bound) + f"   (wall {wall:.2f} s)")
+        print(f"         machine CPU busy {cpu:.0%} of {os.cpu_count()} cores during the run")
         print(f"         origin bytes / S = {sent / size:.3f}")
         print("         peer   time(s)  from origin  from parents  uploaded  (MiB)")
         times = {r.name: r.seconds for r in results}
@@ -708,6 +802,8 @@ def bench(args: argparse.Namespace, lab: Lab, work: Path, report: dict[str, Any]
             )
         bts = sched.get('damselfly_scheduler_traffic_bytes_total{type="back_to_source"}', 0)
         remote = sched.get('damselfly_scheduler_traffic_bytes_total{type="remote_peer"}', 0)
+        if graph:
+            print("         parents given during the run: " + graph)
         if bts + remote:
             print(
                 f"         scheduler: back_to_source {bts / MiB:.1f} MiB, "
