@@ -121,6 +121,13 @@ class Reconciler:
             label_selector=f"{CLUSTER_LABEL}={name},{COMPONENT_LABEL}={REPORT_COMPONENT}",
         )
         now = self.clock()
+        for stale in st.stale_leases(leases, now):
+            try:
+                await self.kube.delete(
+                    resource_path("coordination.k8s.io/v1", "Lease", namespace, stale)
+                )
+            except ApiError as exc:  # housekeeping only; never fail a reconcile on it
+                log.warning("could not delete stale report %s: %s", stale, exc)
         reports = st.live_reports(leases, now)
         expiry = st.next_expiry(reports, now)
         if expiry is not None and self.later is not None:

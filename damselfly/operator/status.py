@@ -306,6 +306,20 @@ def live_reports(leases: list[dict[str, Any]], now: float) -> list[PeerReport]:
     return sorted((r for r in reports if r is not None and r.expires > now), key=lambda r: r.host)
 
 
+STALE_REPORT_SECONDS = 600.0
+
+
+def stale_leases(leases: list[dict[str, Any]], now: float) -> list[str]:
+    """Names of reports expired long ago (pods replaced without a clean stop): the
+    operator deletes them so the namespace does not fill with dead peers' Leases."""
+    stale = []
+    for lease in leases:
+        report = peer_report(lease)
+        if report is not None and report.expires + STALE_REPORT_SECONDS < now:
+            stale.append(str(lease["metadata"]["name"]))
+    return stale
+
+
 @dataclass(frozen=True)
 class Propagation:
     expected: str

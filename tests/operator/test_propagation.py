@@ -138,6 +138,14 @@ def test_expired_and_malformed_reports_do_not_count() -> None:
     assert st.next_expiry([], now) is None
 
 
+def test_long_expired_reports_are_housekeeping() -> None:
+    now = NOW.timestamp()
+    fresh = lease_body("c", "ns", "fresh", "h", 15, NOW)
+    expired = lease_body("c", "ns", "recent", "h", 15, datetime.fromtimestamp(now - 60, UTC))
+    ancient = lease_body("c", "ns", "gone", "h", 15, datetime.fromtimestamp(now - 3600, UTC))
+    assert st.stale_leases([fresh, expired, ancient], now) == [lease_name("c", "gone")]
+
+
 def test_propagated_condition() -> None:
     now = NOW.timestamp()
     reports = [
