@@ -24,7 +24,7 @@ from damselfly.api.rules import (
     RULES_HASH_LABEL,
 )
 from damselfly.api.v1alpha1 import API_VERSION, GROUP, VERSION
-from damselfly.operator.kube import Kube, load_credentials
+from damselfly.kube import Kube, load_credentials
 from damselfly.operator.reconcile import Key, Reconciler, WorkQueue, work
 from damselfly.operator.render import MANAGED_BY
 

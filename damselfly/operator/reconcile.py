@@ -24,8 +24,8 @@ from damselfly.api.rules import (
     validation_message,
 )
 from damselfly.api.v1alpha1 import API_VERSION, P2PCluster
+from damselfly.kube import ApiError, Kube, resource_path
 from damselfly.operator import status as st
-from damselfly.operator.kube import ApiError, Kube, resource_path
 from damselfly.operator.render import (
     FIELD_MANAGER,
     Names,

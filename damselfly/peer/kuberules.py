@@ -38,7 +38,7 @@ from damselfly.api.rules import (
     ruleset_from_objects,
 )
 from damselfly.api.v1alpha1 import API_VERSION
-from damselfly.operator.kube import ApiError, Kube, load_credentials, resource_path
+from damselfly.kube import ApiError, Kube, load_credentials, resource_path
 from damselfly.peer.config import RulesApiSection
 from damselfly.peer.rulesource import RulesRejected, RulesSource
 
