@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from damselfly.api.rules import ruleset_from_objects  # noqa: E402
 from damselfly.api.v1alpha1 import P2PCluster  # noqa: E402
-from damselfly.operator.kube import Kube, load_credentials, resource_path  # noqa: E402
+from damselfly.kube import Kube, load_credentials, resource_path  # noqa: E402
 from damselfly.operator.render import peer_rbac  # noqa: E402
 from tests.k8s.controlplane import ControlPlane, binaries_dir  # noqa: E402
 from tests.support.ports import free_ports  # noqa: E402
