@@ -10,18 +10,17 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
+from damselfly.configfile import load_model, parse_model
 from damselfly.peer.rules import DEFAULT_FILTERED_QUERY_PARAMS, Rule
 from damselfly.quantity import parse_duration, parse_size
 
@@ -179,42 +178,10 @@ class PeerConfig(_Section):
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
 
 
-class ConfigError(ValueError):
-    """A config that does not validate; the message names every bad key."""
-
-
-def describe_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        value = error.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}{shown}")
-    return "\n".join(lines)
-
-
 def parse_config(data: Any, source: str = "config") -> PeerConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    try:
-        return PeerConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source)) from None
+    return parse_model(PeerConfig, data, source)
 
 
 def load_config(path: str | None) -> PeerConfig:
-    """The peer config from a YAML file, or the defaults when ``path`` is None."""
-    if path is None:
-        return PeerConfig()
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, path)
+    """The config from a YAML file, or the defaults when ``path`` is None."""
+    return load_model(PeerConfig, path)

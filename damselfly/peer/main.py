@@ -20,10 +20,11 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from damselfly import __version__
+from damselfly.configfile import ConfigError
 from damselfly.peer.access import GuardedResolver
 from damselfly.peer.announcer import Announcer
 from damselfly.peer.cache import Cache
-from damselfly.peer.config import ConfigError, PeerConfig, load_config
+from damselfly.peer.config import PeerConfig, load_config
 from damselfly.peer.download import P2P
 from damselfly.peer.kuberules import KubeRules
 from damselfly.peer.metrics import PeerMetrics

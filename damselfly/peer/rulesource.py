@@ -23,7 +23,8 @@ import jinja2
 import yaml
 from pydantic import ValidationError
 
-from damselfly.peer.config import PeerConfig, describe_validation_error
+from damselfly.configfile import describe_validation_error
+from damselfly.peer.config import PeerConfig
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import RulesHolder
 from damselfly.peer.rules import CompiledRules, RuleSet

@@ -7,20 +7,15 @@ key and value.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from damselfly.configfile import load_model, parse_model
 from damselfly.quantity import parse_duration
 from damselfly.scheduler.resources import Limits
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-
-
-class ConfigError(ValueError):
-    """The config file is missing, unreadable or invalid; the message says where."""
 
 
 class SchedulerConfig(BaseModel):
@@ -49,37 +44,10 @@ class SchedulerConfig(BaseModel):
         )
 
 
-def describe_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid scheduler config"]
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        value = error.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}{shown}")
-    return "\n".join(lines)
-
-
 def parse_config(data: Any, source: str = "config") -> SchedulerConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
-    try:
-        return SchedulerConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source)) from None
+    return parse_model(SchedulerConfig, data, source)
 
 
 def load_config(path: str | None) -> SchedulerConfig:
     """The config from a YAML file, or the defaults when ``path`` is None."""
-    if path is None:
-        return SchedulerConfig()
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, path)
+    return load_model(SchedulerConfig, path)

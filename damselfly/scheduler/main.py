@@ -12,7 +12,8 @@ import sys
 from aiohttp import web
 
 from damselfly import __version__
-from damselfly.scheduler.config import ConfigError, SchedulerConfig, load_config
+from damselfly.configfile import ConfigError
+from damselfly.scheduler.config import SchedulerConfig, load_config
 from damselfly.scheduler.service import SchedulerService
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from damselfly.peer.config import ConfigError, parse_config
+from damselfly.configfile import ConfigError
+from damselfly.peer.config import parse_config
 from damselfly.peer.pieces import MiB, piece_at, piece_length, pieces_covering
 from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
 from damselfly.peer.rules import (

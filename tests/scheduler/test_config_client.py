@@ -5,8 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from damselfly.configfile import ConfigError
 from damselfly.scheduler.client import SchedulerClient, normalize_address
-from damselfly.scheduler.config import ConfigError, SchedulerConfig, parse_config
+from damselfly.scheduler.config import SchedulerConfig, parse_config
 
 
 def test_defaults_follow_the_design() -> None:
