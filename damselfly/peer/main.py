@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -126,9 +127,15 @@ class Peer:
         )
 
     def advertise_ip(self) -> str:
-        """The address other peers dial: configured, the upload bind address, or the route's."""
+        """The address other peers dial.
+
+        In order: the config's advertiseIp, the pod IP the operator passes in
+        DAMSELFLY_POD_IP (downward API), the upload bind address, the default route's.
+        """
         if self.config.advertise_ip:
             return self.config.advertise_ip
+        if os.environ.get("DAMSELFLY_POD_IP"):
+            return os.environ["DAMSELFLY_POD_IP"]
         if self.config.upload.host not in ("0.0.0.0", "::", ""):
             return self.config.upload.host
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
