@@ -728,6 +728,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Unavailable as exc:
         print(f"p2p_fanout: cannot run here: {exc}. No figures.", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("p2p_fanout: interrupted; namespaces and processes removed", file=sys.stderr)
+        return 130
     finally:
         if args.keep_logs is not None:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
