@@ -420,8 +420,12 @@ def scheduler_deployment(cluster: P2PCluster) -> dict[str, Any]:
             {"name": "api", "containerPort": sched.port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": SCHEDULER_METRICS_PORT, "protocol": "TCP"},
         ],
-        "livenessProbe": {"tcpSocket": {"port": "api"}, "periodSeconds": 10, "failureThreshold": 6},
-        "readinessProbe": {"tcpSocket": {"port": "api"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "api"},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "api"}, "periodSeconds": 5},
         "securityContext": _restricted(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
