@@ -28,7 +28,7 @@ from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.pieces import Piece, piece_length
 from damselfly.peer.reporter import PieceReporter
 from damselfly.peer.store import PieceStore, TaskRecord, read_chunks
-from damselfly.peer.swarm import ParentError, ParentLink, Swarm, TaskInfo
+from damselfly.peer.swarm import ParentBusy, ParentError, ParentLink, Swarm, TaskInfo
 from damselfly.peer.taskid import TaskKey
 from damselfly.scheduler import api
 from damselfly.scheduler.client import SchedulerClient, SchedulerError
@@ -40,6 +40,7 @@ PIECE_WORKERS = 4
 SWARM_WORKERS = 8
 PIECE_ATTEMPTS = 3
 RESCHEDULE_LIMIT = 3
+PARENT_REFRESH = 1.0  # seconds between asking for more parents while starved
 # Request headers a seed needs to fetch the same URL (LFS hrefs carry auth headers).
 SEED_HEADERS = ("authorization", "cookie", "x-amz-security-token")
 
@@ -107,6 +108,7 @@ class Download:
         )
         self._last_progress = time.monotonic()
         self._reschedules = 0
+        self._last_refresh = time.monotonic()
         self._sources: dict[int, str] = {}  # piece number -> origin | parent
 
     # --- client side --------------------------------------------------------
@@ -308,6 +310,8 @@ class Download:
                 in_flight.add(number)
                 try:
                     await self._fetch_piece(record, fd, record.piece(number), swarm, link)
+                except ParentBusy:
+                    pass  # the parent backs off by itself; another holder or piece next
                 except ParentError as exc:
                     await self._parent_failed(swarm, exc)
                 except (aiohttp.ClientError, OSError, TimeoutError, origin.OriginError) as exc:
@@ -343,9 +347,19 @@ class Download:
         return quiet > self.p2p.stall_timeout
 
     async def _wait_for_parents(self, swarm: Swarm) -> None:
+        """No parent has a piece we want: wait for news, and now and then ask for parents.
+
+        Peers that joined after us may hold what we need; a refresh (at most
+        once a second) learns of them. When every parent is gone it is a real
+        reschedule, and those are limited.
+        """
         await swarm.wait_news(0.5)
-        if not swarm.alive() and self._reschedules < RESCHEDULE_LIMIT:
-            await self._reschedule(swarm)
+        if not swarm.alive():
+            if self._reschedules < RESCHEDULE_LIMIT:
+                self._reschedules += 1
+                await self._reschedule(swarm, refresh=False)
+        elif time.monotonic() - self._last_refresh >= PARENT_REFRESH:
+            await self._reschedule(swarm, refresh=True)
 
     async def _fetch_piece(
         self,
@@ -412,15 +426,16 @@ class Download:
             )
             return None
 
-    async def _reschedule(self, swarm: Swarm) -> None:
+    async def _reschedule(self, swarm: Swarm, refresh: bool) -> None:
         assert self.p2p is not None
-        self._reschedules += 1
+        self._last_refresh = time.monotonic()
         try:
             schedule = await self.p2p.client.reschedule(
                 api.Reschedule(
                     task_id=self.key.task_id,
                     host_id=self.p2p.host_id,
                     blocklist=swarm.blocked_ids(),
+                    refresh=refresh,
                 )
             )
         except SchedulerError:

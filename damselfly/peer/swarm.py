@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,39 @@ from damselfly.scheduler import api
 log = logging.getLogger(__name__)
 
 MAX_REQUESTS_PER_PARENT = 4
+# A seed serves every child; one request at a time each keeps it from being the
+# only source of every piece while the children could trade among themselves.
+MAX_REQUESTS_PER_SEED = 1
+BUSY_BACKOFF = 0.5  # a parent that answered 503 is left alone this long
+
+
+def choose_piece(
+    wanted: list[int], links: list[ParentLink], rng: random.Random
+) -> tuple[int, ParentLink] | None:
+    """Pure piece selection over parents that can take a request now.
+
+    The lowest wanted piece goes first, so a client reading the object in
+    order keeps receiving bytes; after that the rarest piece among the
+    parents (ties at random), so the children hold different pieces and can
+    trade them instead of all queuing at the seed. A piece is taken from a
+    non-seed holder when there is one, the least busy first.
+    """
+    holders: dict[int, list[ParentLink]] = {}
+    for number in wanted:
+        found = [link for link in links if number in link.pieces and link.has_room()]
+        if found:
+            holders[number] = found
+    if not holders:
+        return None
+    if wanted[0] in holders:
+        number = wanted[0]
+    else:
+        fewest = min(len(found) for found in holders.values())
+        number = rng.choice([n for n, found in holders.items() if len(found) == fewest])
+    candidates = holders[number]
+    rng.shuffle(candidates)
+    best = min(candidates, key=lambda link: (link.parent.seed, link.in_flight))
+    return number, best
 
 
 @dataclass
@@ -43,7 +77,15 @@ class ParentLink:
     dead: bool = False  # its piece stream ended in error
     blocked: bool = False  # served bytes that did not match: never again for this task
     in_flight: int = 0
+    busy_until: float = 0.0  # answered 503 (no upload slot): try again after this
     watcher: asyncio.Task[None] | None = None
+
+    def has_room(self) -> bool:
+        limit = MAX_REQUESTS_PER_SEED if self.parent.seed else MAX_REQUESTS_PER_PARENT
+        return self.in_flight < limit
+
+    def ready(self, now: float) -> bool:
+        return self.usable and now >= self.busy_until
 
     @property
     def base_url(self) -> str:
@@ -52,6 +94,10 @@ class ParentLink:
     @property
     def usable(self) -> bool:
         return not self.dead and not self.blocked
+
+
+class ParentBusy(Exception):
+    """The parent has no upload slot free right now: not a failure, ask again later."""
 
 
 class ParentError(Exception):
@@ -71,6 +117,7 @@ class Swarm:
         self.links: dict[str, ParentLink] = {}
         self.last_news = time.monotonic()
         self._news = asyncio.Condition()
+        self._rng = random.Random()
 
     def add(self, parents: list[api.Parent]) -> None:
         """Start watching new parents; known (or blocked) ones are left as they are."""
@@ -94,19 +141,10 @@ class Swarm:
         return None
 
     def pick(self, wanted: list[int]) -> tuple[int, ParentLink] | None:
-        """The first wanted piece some usable parent holds, from the least busy holder."""
-        for number in wanted:
-            holders = [
-                link
-                for link in self.links.values()
-                if link.usable
-                and number in link.pieces
-                and link.in_flight < MAX_REQUESTS_PER_PARENT
-            ]
-            if holders:
-                best = min(holders, key=lambda h: (h.in_flight, not h.complete, not h.parent.seed))
-                return number, best
-        return None
+        """The next piece to fetch and the parent to fetch it from (see choose_piece)."""
+        now = time.monotonic()
+        available = [link for link in self.links.values() if link.ready(now)]
+        return choose_piece(wanted, available, self._rng)
 
     def block(self, host_id: str) -> None:
         if host_id in self.links:
@@ -182,6 +220,9 @@ class Swarm:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 raise ParentError(host, "unreachable", f"{host}: {exc}") from exc
             try:
+                if response.status == 503:
+                    link.busy_until = time.monotonic() + BUSY_BACKOFF
+                    raise ParentBusy(host)
                 if response.status != 206:
                     raise ParentError(host, "unreachable", f"{host} answered {response.status}")
                 try:

@@ -90,19 +90,22 @@ class UploadServer:
                 }
             )
         )
-        while download is not None and not complete:
-            try:
-                await download.wait_progress(len(sent))
-            except DownloadFailed:
-                break
-            current = download.servable_pieces()
-            for number, digest in current.items():
-                if number not in sent:
-                    await response.write(_line({"piece": number, "digest": digest}))
-            sent = current
-            complete = download.complete
-            if complete:
-                await response.write(_line({"complete": True, "size": record.size}))
+        try:
+            while download is not None and not complete:
+                try:
+                    await download.wait_progress(len(sent))
+                except DownloadFailed:
+                    break
+                current = download.servable_pieces()
+                for number, digest in current.items():
+                    if number not in sent:
+                        await response.write(_line({"piece": number, "digest": digest}))
+                sent = current
+                complete = download.complete
+                if complete:
+                    await response.write(_line({"complete": True, "size": record.size}))
+        except ConnectionResetError:
+            pass  # the child has what it needs and hung up: normal, not an error
         return response
 
     async def piece_data(self, request: web.Request) -> web.StreamResponse:

@@ -96,11 +96,16 @@ class RegisterTask(Model):
 
 
 class Reschedule(Model):
-    """A peer's parents failed; ask again, excluding ``blocklist`` for this task."""
+    """A peer's parents failed; ask again, excluding ``blocklist`` for this task.
+
+    ``refresh``: the parents are fine but hold nothing the peer still needs; it
+    asks for more. Refreshes do not count towards the reschedule limit.
+    """
 
     task_id: str
     host_id: str
     blocklist: list[str] = Field(default_factory=list)
+    refresh: bool = False
 
 
 class Parent(Model):

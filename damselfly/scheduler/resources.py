@@ -269,7 +269,8 @@ class Resources:
         task = self._task(req.task_id)
         peer = self._peer(task, self._host(req.host_id))
         peer.blocklist.update(b for b in req.blocklist if b != req.host_id)
-        peer.reschedules += 1
+        if not req.refresh:
+            peer.reschedules += 1
         if peer.reschedules > self.limits.reschedule_limit:
             peer.parents.clear()
             return Decision(self._reply(task, [], back_to_source=True))
