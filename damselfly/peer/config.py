@@ -92,6 +92,12 @@ class ListenSection(_Section):
 class UploadSection(ListenSection):
     port: int = Field(default=65002, ge=0, le=65535)
     slots: int = Field(default=32, ge=1, description="Pieces served to other peers at once.")
+    slots_per_task: int | None = Field(
+        default=None,
+        ge=1,
+        description="Pieces of one task served at once; default 3 on seeds (so children "
+        "trade pieces among themselves rather than all drawing on the seed), else no limit.",
+    )
 
 
 class StorageSection(_Section):

@@ -35,11 +35,13 @@ def choose_piece(
 ) -> tuple[int, ParentLink] | None:
     """Pure piece selection over parents that can take a request now.
 
-    The lowest wanted piece goes first, so a client reading the object in
-    order keeps receiving bytes; after that the rarest piece among the
-    parents (ties at random), so the children hold different pieces and can
-    trade them instead of all queuing at the seed. A piece is taken from a
-    non-seed holder when there is one, the least busy first.
+    The lowest wanted piece goes first when a peer (not only a seed) holds
+    it, so a client reading the object in order keeps receiving bytes; else
+    the rarest piece among the parents (ties at random), so the children hold
+    different pieces and trade them. Putting the in-order piece first even
+    when only the seed has it would send every child to the seed for the
+    newest piece at once. A piece is taken from a non-seed holder when there
+    is one, the least busy first.
     """
     holders: dict[int, list[ParentLink]] = {}
     for number in wanted:
@@ -48,7 +50,7 @@ def choose_piece(
             holders[number] = found
     if not holders:
         return None
-    if wanted[0] in holders:
+    if any(not link.parent.seed for link in holders.get(wanted[0], [])):
         number = wanted[0]
     else:
         fewest = min(len(found) for found in holders.values())

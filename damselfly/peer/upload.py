@@ -38,10 +38,13 @@ class UploadServer:
         cache: Cache,
         slots: int,
         on_seed: Callable[[api.SeedRequest], None] | None,
+        slots_per_task: int | None = None,
     ) -> None:
         self.cache = cache
         self.slots_total = slots
+        self.slots_per_task = slots_per_task or slots
         self.uploads = 0
+        self.uploads_by_task: dict[str, int] = {}
         self.on_seed = on_seed
 
     @property
@@ -126,9 +129,13 @@ class UploadServer:
         held = number in record.pieces if download is None else download.servable(number)
         if not held:
             raise web.HTTPNotFound(text=f"piece {number} is not held here\n")
-        if self.uploads >= self.slots_total:
+        if (
+            self.uploads >= self.slots_total
+            or self.uploads_by_task.get(task_id, 0) >= self.slots_per_task
+        ):
             raise web.HTTPServiceUnavailable(text="no upload slot free\n")
         self.uploads += 1
+        self.uploads_by_task[task_id] = self.uploads_by_task.get(task_id, 0) + 1
         self.cache.begin_serving(task_id)
         fd = self.cache.store.open_for_read(task_id)
         try:
@@ -163,6 +170,11 @@ class UploadServer:
             os.close(fd)
             self.cache.end_serving(task_id)
             self.uploads -= 1
+            left = self.uploads_by_task[task_id] - 1
+            if left:
+                self.uploads_by_task[task_id] = left
+            else:
+                del self.uploads_by_task[task_id]
 
     async def seed(self, request: web.Request) -> web.Response:
         if self.on_seed is None:
