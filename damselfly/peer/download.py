@@ -25,9 +25,10 @@ from multidict import CIMultiDict
 
 from damselfly.peer import origin
 from damselfly.peer.metrics import PeerMetrics
+from damselfly.peer.objecthash import ObjectHasher
 from damselfly.peer.pieces import Piece, piece_length
 from damselfly.peer.reporter import PieceReporter
-from damselfly.peer.store import PieceStore, TaskRecord, read_chunks
+from damselfly.peer.store import PieceStore, TaskRecord
 from damselfly.peer.swarm import ParentBusy, ParentError, ParentLink, Swarm, TaskInfo
 from damselfly.peer.taskid import TaskKey
 from damselfly.scheduler import api
@@ -110,6 +111,7 @@ class Download:
         self._reschedules = 0
         self._last_refresh = time.monotonic()
         self._sources: dict[int, str] = {}  # piece number -> origin | parent
+        self._object_hash: ObjectHasher | None = None
 
     # --- client side --------------------------------------------------------
     def start(self, on_finish: Callable[[Download], None]) -> None:
@@ -186,6 +188,8 @@ class Download:
             if self.answer is None:
                 log.warning("download failed", extra={"task": self.key.task_id, "error": str(exc)})
         finally:
+            if self._object_hash is not None:
+                self._object_hash.close()
             self._started.set()
             await self._notify()
             if self.answer is None:
@@ -274,7 +278,7 @@ class Download:
             and _same_validators(previous.headers, headers)
         ):
             log.info("resuming", extra={"task": self.key.task_id, "pieces": len(previous.pieces)})
-            self.record = previous
+            self._use_record(previous)
             self._done = set(previous.pieces)
             return previous
         if size is not None:
@@ -282,8 +286,13 @@ class Download:
         record = self.store.begin(
             self.key.task_id, self.key.cache_url, size, length, self.key.sha256, headers
         )
-        self.record = record
+        self._use_record(record)
         return record
+
+    def _use_record(self, record: TaskRecord) -> None:
+        self.record = record
+        if record.sha256 is not None:
+            self._object_hash = ObjectHasher(self.store, record)
 
     async def _fetch_pieces(self, record: TaskRecord, swarm: Swarm | None) -> None:
         """Fetch every missing piece, each from a parent that has it or else the origin."""
@@ -554,6 +563,8 @@ class Download:
         self.store.record_piece(record.task_id, number, length, digest)
         record.pieces[number] = digest
         self._done.add(number)
+        if self._object_hash is not None:
+            self._object_hash.advance(self._done)
         self._last_progress = time.monotonic()
         await self._notify()
 
@@ -627,22 +638,10 @@ class Download:
         self.store.write_at(fd, offset, chunks)
 
     async def _verify_object(self, record: TaskRecord) -> None:
-        """With a known sha256, hash the whole stored object before releasing its end."""
-        if record.sha256 is None:
+        """With a known sha256, check the whole stored object before releasing its end."""
+        if self._object_hash is None:
             return
-        assert record.size is not None
-
-        def whole_digest() -> str:
-            digest = hashlib.sha256()
-            fd = self.store.open_for_read(record.task_id)
-            try:
-                for chunk in read_chunks(fd, 0, record.size or 0):
-                    digest.update(chunk)
-            finally:
-                os.close(fd)
-            return digest.hexdigest()
-
-        actual = await asyncio.to_thread(whole_digest)
+        actual = await self._object_hash.finish(self._done)
         if actual != record.sha256:
             self.metrics.integrity_failures.labels(kind="object").inc()
             self.store.delete(record.task_id)
