@@ -27,6 +27,8 @@ from damselfly.scheduler import api
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT = 2.0  # seconds between "still downloading" lines on a quiet piece stream
+
 
 def _line(message: dict[str, object]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
@@ -96,7 +98,13 @@ class UploadServer:
         try:
             while download is not None and not complete:
                 try:
-                    await download.wait_progress(len(sent))
+                    await asyncio.wait_for(download.wait_progress(len(sent)), HEARTBEAT)
+                except TimeoutError:
+                    # Still downloading, just slowly (a slow origin, large pieces): say
+                    # so, or children would take the silence for a stall and all go
+                    # to the origin themselves.
+                    await response.write(_line({"alive": True}))
+                    continue
                 except DownloadFailed:
                     break
                 current = download.servable_pieces()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from damselfly.peer.swarm import MAX_REQUESTS_PER_PARENT, ParentLink, choose_piece
+from damselfly.peer.swarm import MAX_REQUESTS_PER_PARENT, PIECE_WINDOW, ParentLink, choose_piece
 from damselfly.scheduler import api
 
 
@@ -41,3 +41,11 @@ def test_a_child_keeps_one_request_at_a_time_to_a_seed() -> None:
 
 def test_nothing_to_fetch_when_no_parent_holds_a_wanted_piece() -> None:
     assert choose_piece([3], [link("a", [0, 1])], random.Random(0)) is None
+
+
+def test_a_reader_with_only_a_seed_gets_pieces_near_its_position() -> None:
+    """All pieces equally rare (one seed): the choice stays within the window ahead."""
+    seed = link("seed", list(range(256)), seed=True)
+    for value in range(50):
+        number, _ = choose_piece(list(range(256)), [seed], random.Random(value))
+        assert number < PIECE_WINDOW

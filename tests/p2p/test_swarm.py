@@ -273,3 +273,25 @@ def test_two_scheduler_replicas_with_one_down_lose_nothing(
     assert origin_bytes(origin, "files/model.bin") <= 4 * (SIZE + 16)
     assert alive.metric("damselfly_scheduler_registrations_total") == 8
     assert seed.metric("damselfly_peer_uploaded_bytes_total") > 0
+
+
+def test_a_slow_but_alive_seed_is_waited_for_not_bypassed(
+    processes,
+    tmp_path: Path,
+    origin: Origin,
+    scheduler: SchedulerHandle,  # type: ignore[no-untyped-def]
+) -> None:
+    """Each piece takes the seed longer than the child's stall timeout (3 s) to fetch.
+
+    The seed's heartbeats say it is still at work, so the child waits for it
+    instead of going to the origin too: the origin still sends one copy.
+    """
+    (origin.directory / "files" / "slow.bin").write_bytes(os.urandom(8 * MiB))
+    swarm_peer(processes, tmp_path, "seed-0", [scheduler.address], seed=True)
+    child = swarm_peer(processes, tmp_path, "child", [scheduler.address])
+    wait_for_hosts(scheduler, 2)
+    url = origin.url("files/slow.bin", rate=int(0.8 * MiB))  # about 5 s per piece
+    assert fetch(child, url, tmp_path / "slow.bin") == 0
+    assert sha256(tmp_path / "slow.bin") == sha256(origin.directory / "files" / "slow.bin")
+    assert child.metric("damselfly_peer_downloaded_bytes_total", source="origin") == 0
+    assert origin_bytes(origin, "files/slow.bin") <= 8 * MiB + 16
