@@ -27,7 +27,7 @@ MAX_REQUESTS_PER_PARENT = 4
 # A seed serves every child; one request at a time each keeps it from being the
 # only source of every piece while the children could trade among themselves.
 MAX_REQUESTS_PER_SEED = 1
-# Rarest-first looks this many wanted pieces ahead of the reading position.
+# Rarest-first looks this many wanted pieces ahead of the reading position, per parent.
 PIECE_WINDOW = 16
 BUSY_BACKOFF = 0.5  # a parent that answered 503 is left alone this long
 
@@ -39,9 +39,10 @@ def choose_piece(
 
     The lowest wanted piece goes first when a peer (not only a seed) holds
     it, so a client reading the object in order keeps receiving bytes; else
-    the rarest piece among the next PIECE_WINDOW wanted ones (ties at random),
-    so the children hold different pieces and trade them, while the reader's
-    next bytes are never far off. Putting the in-order piece first even
+    the rarest piece among the next PIECE_WINDOW wanted ones per parent (ties
+    at random): with many parents, close to rarest-first over the object, so
+    children hold different pieces and trade them; with a lone seed, the
+    reader's next bytes are never far off. Putting the in-order piece first even
     when only the seed has it would send every child to the seed for the
     newest piece at once. A piece is taken from a non-seed holder when there
     is one, the least busy first.
@@ -56,7 +57,8 @@ def choose_piece(
     if any(not link.parent.seed for link in holders.get(wanted[0], [])):
         number = wanted[0]
     else:
-        window = [n for n in wanted[:PIECE_WINDOW] if n in holders] or list(holders)
+        ahead = PIECE_WINDOW * max(1, len(links))
+        window = [n for n in wanted[:ahead] if n in holders] or list(holders)
         fewest = min(len(holders[n]) for n in window)
         number = rng.choice([n for n in window if len(holders[n]) == fewest])
     candidates = holders[number]
