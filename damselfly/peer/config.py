@@ -95,7 +95,7 @@ class UploadSection(ListenSection):
     slots_per_task: int | None = Field(
         default=None,
         ge=1,
-        description="Pieces of one task served at once; default 3 on seeds (so children "
+        description="Pieces of one task served at once; default 2 on seeds (so children "
         "trade pieces among themselves rather than all drawing on the seed), else no limit.",
     )
 

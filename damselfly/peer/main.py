@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # A seed serves each task to at most this many children at once by default: the
 # rest fetch from those children (measured with bench/p2p_fanout.py: 3.2x -> ~1.4x
 # the fluid bound for 8 peers).
-SEED_SLOTS_PER_TASK = 3
+SEED_SLOTS_PER_TASK = 2
 
 
 class Peer:
