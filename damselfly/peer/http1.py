@@ -81,6 +81,16 @@ class ClientConnection:
             else:
                 raise ClientGone(f"unexpected {type(event).__name__} in request body")
 
+    async def continue_if_expected(self) -> None:
+        """Answer ``Expect: 100-continue`` so the client sends its body now.
+
+        Without it curl and git-lfs wait a second before every upload. The proxy
+        streams the body upstream itself, so it may say "continue" on its own.
+        """
+        if self.h11.they_are_waiting_for_100_continue:
+            self._write(self.h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+            await self._drain()
+
     def body_pending(self) -> bool:
         return self.h11.their_state is h11.SEND_BODY
 

@@ -62,11 +62,15 @@ async def forward(
 ) -> None:
     """Forward one request upstream and its response back, nothing held whole."""
     upstream_headers: CIMultiDict[str] = CIMultiDict(
-        (name, value) for name, value in end_to_end(list(headers.items())) if name.lower() != "host"
+        (name, value)
+        for name, value in end_to_end(list(headers.items()))
+        if name.lower() not in ("host", "expect")  # 100-continue is answered here
     )
     has_body = conn.body_pending() and (
         "Content-Length" in headers or "Transfer-Encoding" in headers
     )
+    if has_body:
+        await conn.continue_if_expected()
     data = conn.body() if has_body else None
     if not has_body and conn.body_pending():
         async for _ in conn.body():  # an empty body still ends with EndOfMessage

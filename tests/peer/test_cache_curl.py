@@ -478,3 +478,31 @@ def test_use_tls_fetches_https_upstream_for_a_plain_http_client(
     code, headers = fetch(untrusting, plain_url, tmp_path / "refused.bin")
     assert headers[":status"] == "502"
     assert "certificate" in (tmp_path / "refused.bin").read_text().lower()
+
+
+def test_an_upload_expecting_100_continue_is_told_to_go_on(
+    peer: PeerHandle, origin: Origin
+) -> None:
+    """curl and git-lfs send Expect: 100-continue and wait (a second) for the go-ahead."""
+    import socket
+
+    body = os.urandom(200_000)
+    url = origin.url("files/upload.bin", echo=1)
+    head = (
+        f"PUT {url} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+        "Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", peer.proxy_port), timeout=10) as sock:
+        sock.sendall(head)
+        interim = sock.recv(4096)  # the body is not sent until the proxy says so
+        assert interim.startswith(b"HTTP/1.1 100 "), interim
+        sock.sendall(body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    status, _, payload = reply.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 ")
+    echoed = json.loads(payload)
+    assert echoed["length"] == len(body)
+    assert echoed["sha256"] == hashlib.sha256(body).hexdigest()
+    assert "Expect" not in echoed["headers"]
