@@ -2,8 +2,8 @@
 
 The creator of a ``Download`` learns first what the origin said (``wait_started``);
 clients then wait for the pieces they need (``wait_piece``) while workers fetch
-the rest. Pieces come from a source per piece — the origin today, parent peers
-with P2P — and every piece is hashed as it is written. When the object's sha256
+the rest. Each piece comes from a parent peer that holds it or else from the
+origin, and every piece is hashed as it is written. When the object's sha256
 is known, the last piece is held back until the whole object has been verified,
 so a client never completes a download of wrong bytes.
 """
@@ -202,8 +202,10 @@ class Download:
             record = await self._download_from_swarm(schedule)
         if record is None:
             record = await self._download_from_origin()
-            if record is None:
-                return  # the origin's own answer goes to the client
+            if record is None:  # the origin's own answer goes to the client
+                status = self.answer.response.status if self.answer else "no"
+                self._report_result(None, f"origin answered {status}")
+                return
         await self._verify_object(record)
         self.store.mark_complete(record.task_id)
         self.complete = True

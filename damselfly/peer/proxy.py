@@ -183,7 +183,10 @@ class Proxy:
             return
         if download.answer is not None:
             if created:
-                await relay_response(conn, download.answer.response, self.metrics)
+                try:
+                    await relay_response(conn, download.answer.response, self.metrics)
+                finally:
+                    download.answer.response.release()
             else:  # only the creator can read that answer's body: ask again ourselves
                 await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
             return
