@@ -191,9 +191,12 @@ class Proxy:
                 await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
             return
         assert download.record is not None
-        await serve(
-            conn, self.cache, download.record, download, head, range_header, if_range, "miss"
-        )
+        try:
+            await serve(
+                conn, self.cache, download.record, download, head, range_header, if_range, "miss"
+            )
+        except DownloadFailed as exc:  # failed before the response began (else: aborted)
+            await conn.simple(502, f"damselfly: fetching {match.upstream_url} failed: {exc}")
 
     async def _head_miss(
         self, conn: ClientConnection, url: str, headers: CIMultiDict[str], task_id: str

@@ -506,3 +506,14 @@ def test_an_upload_expecting_100_continue_is_told_to_go_on(
     assert echoed["length"] == len(body)
     assert echoed["sha256"] == hashlib.sha256(body).hexdigest()
     assert "Expect" not in echoed["headers"]
+
+
+def test_a_range_of_a_broken_unknown_length_body_is_a_502(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    """No length from the origin, so a range waits for the whole body, which breaks off."""
+    url = origin.url("files/big.bin", chunked=1, cut=MiB)
+    code, headers = fetch(peer, url, tmp_path / "r.bin", "-r", "0-99")
+    assert code == 0
+    assert headers[":status"] == "502"
+    assert "failed" in (tmp_path / "r.bin").read_text()
