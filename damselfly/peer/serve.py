@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Iterable
 
 from damselfly.peer.cache import Cache
 from damselfly.peer.download import Download, DownloadFailed
 from damselfly.peer.http1 import ClientConnection
 from damselfly.peer.pieces import pieces_covering
 from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
-from damselfly.peer.store import PieceCorrupt, TaskRecord
+from damselfly.peer.store import PieceCorrupt, PieceStore, TaskRecord
 
 log = logging.getLogger(__name__)
+
+# Pieces checked ahead of the one being sent, on a first read after a restart.
+CHECK_AHEAD = 2
 
 TASK_ID_HEADER = "X-Damselfly-Task-ID"
 CACHE_HEADER = "X-Damselfly-Cache"
@@ -143,39 +145,69 @@ async def _send_spans(
 ) -> None:
     """Send the spans and end the response; any failure cuts the connection instead."""
     file = cache.store.open_file(record.task_id)
+    checks = PieceChecks(cache.store, record, file.fileno())
     cache.begin_serving(record.task_id)
     try:
         async for number, start, stop in spans:
-            await _send_piece_part(conn, cache, record, file, number, start, stop)
+            checks.start(range(number + 1, number + 1 + CHECK_AHEAD))
+            await checks.wait(number)
+            sent = await conn.send_file(file, start, stop - start)
+            if sent != stop - start:
+                raise PieceCorrupt(f"task {record.task_id}: data file is short in piece {number}")
             source = "local" if download is None else download.piece_source(number)
             cache.metrics.served_bytes.labels(source=source).inc(stop - start)
         await conn.end()
     except (DownloadFailed, PieceCorrupt) as exc:
         _fail(conn, cache, record, exc)
     finally:
+        checks.abandon()
         file.close()
         cache.end_serving(record.task_id)
 
 
-async def _send_piece_part(
-    conn: ClientConnection,
-    cache: Cache,
-    record: TaskRecord,
-    file: BinaryIO,
-    number: int,
-    start: int,
-    stop: int,
-) -> None:
-    """Send bytes [start, stop) of one piece, after checking the piece's digest.
+class PieceChecks:
+    """Digest checks of stored pieces, run in threads ahead of the piece being sent.
 
-    A piece read back for the first time in this process is hashed first, in a
-    thread (which also brings it into the page cache); then sendfile sends it.
+    A piece read back for the first time in this process (after a restart) is
+    hashed before it is sent. Hashing the next pieces while sendfile sends this
+    one overlaps the two instead of taking turns.
     """
-    if not cache.store.is_verified(record.task_id, number):
-        await asyncio.to_thread(cache.store.verify_piece, file.fileno(), record, number)
-    sent = await conn.send_file(file, start, stop - start)
-    if sent != stop - start:
-        raise PieceCorrupt(f"task {record.task_id}: data file is shorter than piece {number}")
+
+    def __init__(self, store: PieceStore, record: TaskRecord, fd: int) -> None:
+        self.store = store
+        self.record = record
+        self.fd = fd
+        self.running: dict[int, asyncio.Future[None]] = {}
+
+    def _needs_check(self, number: int) -> bool:
+        return number in self.record.pieces and not self.store.is_verified(
+            self.record.task_id, number
+        )
+
+    def start(self, numbers: Iterable[int]) -> None:
+        for number in numbers:
+            if number not in self.running and self._needs_check(number):
+                self.running[number] = asyncio.ensure_future(
+                    asyncio.to_thread(self.store.verify_piece, self.fd, self.record, number)
+                )
+
+    async def wait(self, number: int) -> None:
+        """Return once piece ``number`` is known good; PieceCorrupt if it is not."""
+        self.start([number])
+        running = self.running.pop(number, None)
+        if running is not None:
+            await running
+
+    def abandon(self) -> None:
+        """The response is over: drop the checks still running (their threads finish)."""
+        for running in self.running.values():
+            running.add_done_callback(_ignore_outcome)
+        self.running.clear()
+
+
+def _ignore_outcome(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as unhandled
 
 
 def _fail(conn: ClientConnection, cache: Cache, record: TaskRecord, exc: Exception) -> None:
