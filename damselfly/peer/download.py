@@ -50,6 +50,10 @@ class DownloadFailed(RuntimeError):
     """The download cannot finish; clients still reading must be cut off."""
 
 
+class NotCacheable(DownloadFailed):
+    """The origin forbids keeping this response: clients get it passed through."""
+
+
 @dataclass
 class OriginAnswer:
     """A non-2xx origin answer, handed to the client as it came; nothing is cached."""
@@ -182,6 +186,10 @@ class Download:
         try:
             await self._download()
             outcome = "complete"
+        except NotCacheable as exc:
+            self.error = exc
+            outcome = "not_cacheable"
+            self._report_result(self.record, str(exc))
         except Exception as exc:
             self.error = exc
             self._report_result(self.record, str(exc))
@@ -219,6 +227,12 @@ class Download:
             self.answer = OriginAnswer(result.response)
             self._started.set()
             return None
+        forbidden = self.key.sha256 is None and origin.not_cacheable(
+            result.response.headers.get("Cache-Control")
+        )
+        if forbidden:
+            result.response.release()
+            raise NotCacheable(f"origin says Cache-Control: {forbidden}")
         try:
             record = await self._open_record(
                 result.size, None, origin.stored_headers(result.response), result.honours_range

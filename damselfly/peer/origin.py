@@ -64,6 +64,23 @@ def forwardable_request_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     return out
 
 
+_NOT_CACHEABLE = ("no-store", "no-cache", "private")
+
+
+def not_cacheable(cache_control: str | None) -> str | None:
+    """The directive that forbids keeping a response, if Cache-Control has one.
+
+    Only for objects keyed by URL: a content-addressed object is immutable
+    whatever its headers say. (git's smart-HTTP ref listing, for instance, is
+    'no-cache' and goes stale the moment someone pushes.)
+    """
+    for directive in (cache_control or "").lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name in _NOT_CACHEABLE or (name in ("max-age", "s-maxage") and value.strip() == "0"):
+            return directive.strip()
+    return None
+
+
 def stored_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
     return {
         name: response.headers[name] for name in STORED_RESPONSE_HEADERS if name in response.headers

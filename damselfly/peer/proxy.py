@@ -18,7 +18,7 @@ from damselfly.peer import origin
 from damselfly.peer.access import Refused, check_basic_auth, check_upstream, client_allowed
 from damselfly.peer.cache import Cache
 from damselfly.peer.config import ProxySection
-from damselfly.peer.download import DownloadFailed
+from damselfly.peer.download import DownloadFailed, NotCacheable
 from damselfly.peer.http1 import ClientConnection, ClientGone
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.passthrough import forward, relay_response, response_headers, tunnel
@@ -175,8 +175,8 @@ class Proxy:
         try:
             await download.wait_started()
         except DownloadFailed as exc:
-            if isinstance(download.error, StoreFull):
-                log.warning("not caching", extra={"task": key.task_id, "reason": str(exc)})
+            if isinstance(download.error, StoreFull | NotCacheable):
+                log.info("not caching", extra={"task": key.task_id, "reason": str(exc)})
                 await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
             else:
                 await conn.simple(502, f"damselfly: fetching {match.upstream_url} failed: {exc}")

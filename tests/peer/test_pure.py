@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from damselfly.configfile import ConfigError
 from damselfly.peer.config import parse_config
+from damselfly.peer.origin import not_cacheable
 from damselfly.peer.pieces import MiB, piece_at, piece_length, pieces_covering
 from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
 from damselfly.peer.rules import (
@@ -188,3 +189,21 @@ def test_config_errors_name_key_and_value() -> None:
         parse_config({"proxy": {"allowedClientCidrs": ["10.0.0.0/33"]}})
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         parse_config(["x"])
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("no-cache, max-age=0, must-revalidate", "no-cache"),
+        ("private, max-age=600", "private"),
+        ("No-Store", "no-store"),
+        ("public, max-age=0", "max-age=0"),
+        ("public, max-age=31536000, immutable", None),
+        ("max-age=3600", None),
+        (None, None),
+    ],
+)
+def test_cache_control_that_forbids_keeping_a_response(
+    header: str | None, expected: str | None
+) -> None:
+    assert not_cacheable(header) == expected
