@@ -6,8 +6,9 @@
 Nothing here changes damselfly/peer/: the patches are monkeypatches applied in
 this process only, so a proposed change can be measured before anyone edits the
 peer. (The sendfile, no-copy and verify-ahead experiments measured here have
-since landed in the peer and were removed.) With ``--profile-dir``, SIGUSR1 starts cProfile on the event-loop thread and
-SIGUSR2 stops it and writes ``DIR/profile-<n>.pstats``.
+since landed in the peer and were removed.) With ``--profile-dir``, SIGUSR1
+starts cProfile on the event-loop thread and SIGUSR2 stops it and writes
+``DIR/profile-<n>.pstats``.
 """
 
 from __future__ import annotations
@@ -48,11 +49,10 @@ def bigger_read_buffer() -> None:
 
 @patch("bigchunks")
 def bigger_chunks() -> None:
-    """WRITE_BUFFER and serve's READ_CHUNK 1 MiB -> 4 MiB: a quarter of the thread hops."""
-    from damselfly.peer import download, serve
+    """WRITE_BUFFER 1 MiB -> 4 MiB: a quarter of the thread hops on the cold path."""
+    from damselfly.peer import download
 
     download.WRITE_BUFFER = 4 << 20
-    serve.READ_CHUNK = 4 << 20
 
 
 def install_profiler(directory: Path) -> None:
