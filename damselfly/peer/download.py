@@ -24,6 +24,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from damselfly.peer import origin
+from damselfly.peer.httputil import describe_error
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.objecthash import ObjectHasher
 from damselfly.peer.pieces import Piece, piece_length
@@ -131,7 +132,9 @@ class Download:
         """Until the origin answered: the record (size, headers) or an answer exists."""
         await self._started.wait()
         if self.record is None and self.answer is None:
-            raise DownloadFailed(str(self.error or "download failed before it started"))
+            raise DownloadFailed(
+                describe_error(self.error) if self.error else "download failed before it started"
+            )
 
     def servable(self, number: int) -> bool:
         return number in self._done and number != self._held_back
@@ -143,7 +146,7 @@ class Download:
                 if self.servable(number):
                     return True
                 if self.error is not None:
-                    raise DownloadFailed(str(self.error))
+                    raise DownloadFailed(describe_error(self.error))
                 record = self.record
                 total = record.total_pieces if record is not None else None
                 if self.complete or (total is not None and number >= total):
@@ -165,14 +168,14 @@ class Download:
         async with self._changed:
             while len(self.servable_pieces()) <= known and not self.complete:
                 if self.error is not None:
-                    raise DownloadFailed(str(self.error))
+                    raise DownloadFailed(describe_error(self.error))
                 await self._changed.wait()
 
     async def wait_complete(self) -> None:
         async with self._changed:
             while not self.complete:
                 if self.error is not None:
-                    raise DownloadFailed(str(self.error))
+                    raise DownloadFailed(describe_error(self.error))
                 await self._changed.wait()
 
     async def _notify(self) -> None:
@@ -192,9 +195,12 @@ class Download:
             self._report_result(self.record, str(exc))
         except Exception as exc:
             self.error = exc
-            self._report_result(self.record, str(exc))
+            self._report_result(self.record, describe_error(exc))
             if self.answer is None:
-                log.warning("download failed", extra={"task": self.key.task_id, "error": str(exc)})
+                log.warning(
+                    "download failed",
+                    extra={"task": self.key.task_id, "error": describe_error(exc)},
+                )
         finally:
             if self._object_hash is not None:
                 self._object_hash.close()
@@ -343,7 +349,7 @@ class Download:
                     failures[number] = failures.get(number, 0) + 1
                     if failures[number] >= PIECE_ATTEMPTS:
                         raise DownloadFailed(
-                            f"piece {number} failed {failures[number]} times: {exc}"
+                            f"piece {number} failed {failures[number]} times: {describe_error(exc)}"
                         ) from exc
                     log.info(
                         "piece retry",

@@ -23,3 +23,17 @@ def connection_tokens(values: list[str]) -> set[str]:
     return {
         token.strip().lower() for value in values for token in value.split(",") if token.strip()
     }
+
+
+def describe_error(exc: BaseException) -> str:
+    """One readable line for an error shown to a client or written to the log.
+
+    Some aiohttp errors print as the repr of a parsed message; the type's name
+    says more. Our own errors already read as sentences.
+    """
+    text = " ".join(str(exc).split())
+    if type(exc).__module__.startswith("damselfly") and text:
+        return text
+    if not text or text.startswith("<"):
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]

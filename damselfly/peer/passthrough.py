@@ -11,7 +11,7 @@ from multidict import CIMultiDict
 
 from damselfly.peer.access import Refused, resolve_tunnel_target
 from damselfly.peer.http1 import ClientConnection, ClientGone
-from damselfly.peer.httputil import HOP_BY_HOP, connection_tokens
+from damselfly.peer.httputil import HOP_BY_HOP, connection_tokens, describe_error
 from damselfly.peer.metrics import PeerMetrics
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ async def forward(
     except ClientGone:
         raise
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        await conn.simple(502, f"damselfly: upstream {url} failed: {exc}")
+        await conn.simple(502, f"damselfly: upstream {url} failed: {describe_error(exc)}")
         return
     try:
         await relay_response(conn, response, metrics)
@@ -119,7 +119,7 @@ async def tunnel(
             asyncio.open_connection(address, port), connect_timeout
         )
     except (OSError, TimeoutError) as exc:
-        await conn.simple(502, f"damselfly: cannot connect to {authority}: {exc}")
+        await conn.simple(502, f"damselfly: cannot connect to {authority}: {describe_error(exc)}")
         return
     await conn.respond(200, [], reason="Connection established")
     early = conn.switched()

@@ -20,6 +20,7 @@ from damselfly.peer.cache import Cache
 from damselfly.peer.config import ProxySection
 from damselfly.peer.download import DownloadFailed, NotCacheable
 from damselfly.peer.http1 import ClientConnection, ClientGone
+from damselfly.peer.httputil import describe_error
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.passthrough import forward, relay_response, response_headers, tunnel
 from damselfly.peer.rules import CompiledRules, RuleMatch
@@ -207,7 +208,7 @@ class Proxy:
                 self.session, url, origin.forwardable_request_headers(headers)
             )
         except (aiohttp.ClientError, OSError, TimeoutError, origin.OriginError) as exc:
-            await conn.simple(502, f"damselfly: fetching {url} failed: {exc}")
+            await conn.simple(502, f"damselfly: fetching {url} failed: {describe_error(exc)}")
             return
         try:
             if not result.ok:

@@ -207,3 +207,22 @@ def test_cache_control_that_forbids_keeping_a_response(
     header: str | None, expected: str | None
 ) -> None:
     assert not_cacheable(header) == expected
+
+
+def test_errors_read_as_one_line() -> None:
+    from damselfly.peer.httputil import describe_error
+    from damselfly.peer.store import StoreFull
+
+    assert describe_error(StoreFull("object of 5 bytes does not fit")) == (
+        "object of 5 bytes does not fit"
+    )
+    assert (
+        describe_error(ConnectionResetError("peer\n reset")) == "ConnectionResetError: peer reset"
+    )
+    assert describe_error(OSError()) == "OSError"
+
+    class ParsedMessageError(Exception):
+        def __str__(self) -> str:
+            return "<RawResponseMessage(version=HttpVersion(major=1, minor=0), code=200)>"
+
+    assert describe_error(ParsedMessageError()) == "ParsedMessageError"
