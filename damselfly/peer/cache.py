@@ -140,7 +140,7 @@ class Cache:
 
     def update_gauges(self) -> None:
         self.metrics.store_used.set(self.store.used_bytes())
-        self.metrics.store_tasks.set(len(self.store.tasks()))
+        self.metrics.store_tasks.set(self.store.task_count())
 
     async def run_gc(self, interval: float) -> None:
         while True:

@@ -165,15 +165,15 @@ class Download:
 
     async def wait_progress(self, known: int) -> None:
         """Until more than ``known`` pieces are servable, or the download ends."""
-        async with self._changed:
-            while len(self.servable_pieces()) <= known and not self.complete:
-                if self.error is not None:
-                    raise DownloadFailed(describe_error(self.error))
-                await self._changed.wait()
+        await self._wait_for(lambda: len(self.servable_pieces()) > known or self.complete)
 
     async def wait_complete(self) -> None:
+        await self._wait_for(lambda: self.complete)
+
+    async def _wait_for(self, reached: Callable[[], bool]) -> None:
+        """Until ``reached()``; DownloadFailed if the download fails first."""
         async with self._changed:
-            while not self.complete:
+            while not reached():
                 if self.error is not None:
                     raise DownloadFailed(describe_error(self.error))
                 await self._changed.wait()

@@ -233,7 +233,7 @@ class Peer:
                 "store": {
                     "usedBytes": self.store.used_bytes(),
                     "quotaBytes": self.config.storage.quota,
-                    "tasks": len(self.store.tasks()),
+                    "tasks": self.store.task_count(),
                     "activeDownloads": len(self.cache.active),
                 },
             }

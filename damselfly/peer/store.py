@@ -203,6 +203,9 @@ class PieceStore:
         ).fetchall()
         return [(row[0], bool(row[1]), row[2], int(row[3])) for row in rows]
 
+    def task_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+
     def used_bytes(self) -> int:
         """Bytes of pieces this store holds: its own usage, not the filesystem's."""
         row = self._db.execute("SELECT COALESCE(SUM(length), 0) FROM pieces").fetchone()

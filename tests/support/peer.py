@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from tests.support.metrics import sample, scrape
 from tests.support.ports import free_ports
 from tests.support.procs import ManagedProcess, http_ok, wait_until
 
@@ -29,22 +30,11 @@ class PeerHandle:
         return f"http://{self.host}:{self.proxy_port}"
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
-            return str(r.read().decode())
+        return scrape(self.metrics_port)
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample, 0.0 if absent."""
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        prefix = f"{name}{{{wanted}}}" if labels else name
-        for line in self.metrics_text().splitlines():
-            if line.startswith("#"):
-                continue
-            sample, _, value = line.rpartition(" ")
-            if sample == prefix:
-                return float(value)
-        return 0.0
+        return sample(self.metrics_text(), name, **labels)
 
     def status(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/status", timeout=5) as r:

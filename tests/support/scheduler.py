@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tests.support.metrics import sample, scrape
 from tests.support.ports import free_ports
 from tests.support.procs import ManagedProcess, http_ok, wait_until
 
@@ -26,17 +26,7 @@ class SchedulerHandle:
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample, 0.0 if absent."""
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as resp:
-            text = resp.read().decode()
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        key = f"{name}{{{wanted}}}" if labels else name
-        for line in text.splitlines():
-            sample, _, value = line.rpartition(" ")
-            if sample == key:
-                return float(value)
-        return 0.0
+        return sample(scrape(self.metrics_port), name, **labels)
 
 
 def start_scheduler(
