@@ -429,6 +429,15 @@ class Download:
                 )
             source = "parent"
         self.metrics.downloaded_bytes.labels(source=source).inc(piece.length)
+        log.debug(
+            "piece stored",
+            extra={
+                "task": record.task_id,
+                "piece": piece.number,
+                "source": link.parent.host_id if link else "origin",
+                "seconds": round(time.monotonic() - began, 3),
+            },
+        )
         await self._piece_done(record, piece.number, piece.length, digest, source)
         self._report_piece(
             piece, digest, time.monotonic() - began, link.parent.host_id if link else None
