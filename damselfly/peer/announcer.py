@@ -55,7 +55,8 @@ class Announcer:
         ip: str,
         upload_port: int,
         seed: bool,
-        slots: tuple[int, int],
+        slots: int,
+        slots_per_task: int | None,
         interval: float,
     ) -> None:
         self.client = client
@@ -65,6 +66,7 @@ class Announcer:
         self.upload_port = upload_port
         self.seed = seed
         self.slots = slots
+        self.slots_per_task = slots_per_task
         self.interval = interval
 
     def message(self, slots_free: int) -> api.AnnounceHost:
@@ -74,8 +76,9 @@ class Announcer:
             ip=self.ip,
             upload_port=self.upload_port,
             seed=self.seed,
-            upload_slots_total=self.slots[0],
+            upload_slots_total=self.slots,
             upload_slots_free=slots_free,
+            upload_slots_per_task=self.slots_per_task,
             disk_free_bytes=disk.free,
             tasks=held_tasks(self.cache),
         )

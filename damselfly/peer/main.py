@@ -102,7 +102,8 @@ class Peer:
                 self.advertise_ip(),
                 self.upload_port,
                 self.config.seed,
-                (self.config.upload.slots, self.config.upload.slots),
+                self.config.upload.slots,
+                per_task,
                 self.config.scheduler.announce_interval,
             )
             self._tasks.append(asyncio.create_task(announcer.run(lambda: self.upload.slots_free)))

@@ -73,6 +73,9 @@ class AnnounceHost(Model):
     seed: bool = False
     upload_slots_total: int = Field(default=0, ge=0)
     upload_slots_free: int = Field(default=0, ge=0)
+    # Children one task may have at once (a seed keeps this small so that children
+    # trade among themselves); None: no per-task limit.
+    upload_slots_per_task: int | None = Field(default=None, ge=1)
     disk_free_bytes: int = Field(default=0, ge=0)
     tasks: list[HeldTask] = Field(default_factory=list)
 

@@ -5,7 +5,8 @@ snapshots (``Candidate``) and lookups, so every rule is testable on its own.
 
 The rules (design §5): exclude the asking host, block-listed and failed
 parents, bad parents (latest piece cost above mean + 3 sigma of that host's earlier
-costs) and choices that would form a cycle; rank the rest by finished pieces,
+costs), parents with no room for another child of the task, and choices that
+would form a cycle; rank the rest by finished pieces,
 free upload slots, success record and host type; return a few.
 """
 
@@ -61,6 +62,16 @@ def is_bad_parent(costs: Sequence[float]) -> bool:
     variance = math.fsum((c - mean) ** 2 for c in earlier) / n
     sigma = max(math.sqrt(variance), mean * MIN_RELATIVE_SIGMA)
     return last > mean + 3 * sigma
+
+
+def is_full(children: int, slots_per_task: int | None) -> bool:
+    """A parent that limits uploads per task has no room for one more child.
+
+    Why: a seed serving every child at once gives each a sliver of its upload
+    and spends most of it on peers that pass nothing on. With its children
+    capped, the rest of the swarm is fed by those children, as a tree.
+    """
+    return slots_per_task is not None and children >= slots_per_task
 
 
 def success_rate(successes: int, failures: int) -> float:

@@ -43,6 +43,7 @@ class Host:
     announced: bool = False
     upload_slots_total: int = 0
     upload_slots_free: int = 0
+    upload_slots_per_task: int | None = None  # children one task may have at once
     disk_free_bytes: int = 0
     costs: deque[float] = field(default_factory=lambda: deque(maxlen=COST_WINDOW))
     cost_samples: int = 0  # costs ever appended: the version of ``costs``
@@ -158,6 +159,7 @@ class Resources:
         host.announced = True
         host.upload_slots_total = req.upload_slots_total
         host.upload_slots_free = req.upload_slots_free
+        host.upload_slots_per_task = req.upload_slots_per_task
         host.disk_free_bytes = req.disk_free_bytes
         conflicts = 0
         held: set[str] = set()
@@ -276,10 +278,19 @@ class Resources:
             return Decision(self._reply(task, [], back_to_source=True))
         return self._schedule(task, peer)
 
-    def _candidate(self, task: Task, host_id: str) -> evaluator.Candidate | None:
+    def _candidate(
+        self, task: Task, host_id: str, child: str | None = None
+    ) -> evaluator.Candidate | None:
+        """``host_id`` as a parent, or None if it cannot serve; with ``child``, None
+        also when it already has as many other children in this task as it serves at once.
+        """
         peer = task.peers.get(host_id)
         host = self.hosts.get(host_id)
         if peer is None or host is None or peer.failed or not host.announced:
+            return None
+        if child is not None and evaluator.is_full(
+            _children(task, host_id, child), host.upload_slots_per_task
+        ):
             return None
         return evaluator.Candidate(
             host_id=host_id,
@@ -308,6 +319,9 @@ class Resources:
         parents_of = self._parents_of(task)
 
         def candidate_of(host_id: str) -> evaluator.Candidate | None:
+            return self._candidate(task, host_id, child)
+
+        def candidate_over_limit(host_id: str) -> evaluator.Candidate | None:
             return self._candidate(task, host_id)
 
         sample = evaluator.filter_candidates(
@@ -322,7 +336,8 @@ class Resources:
         if not sample:
             # The random sample found nobody (e.g. most of the swarm descends
             # from this child). Complete peers and seeds have no parents, so
-            # they cannot close a cycle: look at them all before giving up.
+            # they cannot close a cycle: look at them all before giving up,
+            # full or not (an extra child beats a trip to the origin).
             sources = [
                 h
                 for h, p in task.peers.items()
@@ -331,7 +346,7 @@ class Resources:
             sample = evaluator.filter_candidates(
                 child,
                 evaluator.lazy_shuffle(sources, self.rng),
-                candidate_of,
+                candidate_over_limit,
                 excluded,
                 parents_of,
                 self.limits.filter_sample,
@@ -475,3 +490,10 @@ class Resources:
     def holders(self, task_id: str) -> Sequence[str]:
         task = self.tasks.get(task_id)
         return sorted(task.peers) if task else []
+
+
+def _children(task: Task, parent_id: str, except_child: str) -> int:
+    """Peers of ``task`` that have ``parent_id`` as a parent, ``except_child`` aside."""
+    return sum(
+        1 for p in task.peers.values() if parent_id in p.parents and p.host_id != except_child
+    )

@@ -190,3 +190,9 @@ def test_exhausted_budget_still_rejects_direct_children() -> None:
     assert evaluator.would_cycle("a", "b", parents_of, memo=memo)  # direct: always caught
     assert not evaluator.would_cycle("a", "c", parents_of, memo=memo)  # transitive: not walked
     assert evaluator.would_cycle("a", "c", parents_of, memo=evaluator.CycleMemo())
+
+
+def test_is_full_only_with_a_per_task_limit() -> None:
+    assert not evaluator.is_full(50, None)
+    assert not evaluator.is_full(1, 2)
+    assert evaluator.is_full(2, 2)

@@ -281,3 +281,35 @@ def test_seed_failure_forgets_seed_for_task(res: Resources) -> None:
     again = res.register(RegisterTask(task_id="t", host_id="a", url="http://o/x"))
     assert again.schedule.back_to_source
     assert again.seeds_to_try == ()
+
+
+def test_seed_with_per_task_slots_takes_that_many_children_then_feeds_a_tree(
+    res: Resources,
+) -> None:
+    announce(res, "s1", seed=True, upload_slots_per_task=2)
+    for h in ("a", "b", "c", "d"):
+        announce(res, h)
+    first = res.register(RegisterTask(task_id="t", host_id="a", url="http://o/x"))
+    res.begin_seed("t", first.seeds_to_try[0], "a")
+    pieces(res, "s1", range(4))
+    assert "s1" in register(res, "b")
+    # The seed has two children: later peers are given the peers it feeds.
+    assert set(register(res, "c")) == {"a", "b"}
+    assert "s1" not in register(res, "d")
+    # A child of the seed that asks again keeps it.
+    assert "s1" in register(res, "b")
+    # A child that finishes frees its place for the next peer that asks.
+    res.report_result(TaskResult(task_id="t", host_id="a", success=True))
+    assert "s1" in register(res, "d")
+
+
+def test_full_seed_still_serves_a_child_with_no_other_parent(res: Resources) -> None:
+    announce(res, "s1", seed=True, upload_slots_per_task=1)
+    for h in ("a", "b"):
+        announce(res, h)
+    first = res.register(RegisterTask(task_id="t", host_id="a", url="http://o/x"))
+    res.begin_seed("t", first.seeds_to_try[0], "a")
+    res.parent_failed(ParentFailed(task_id="t", host_id="b", parent_host_id="a", reason="corrupt"))
+    decision = res.register(RegisterTask(task_id="t", host_id="b", url="http://o/x"))
+    assert [p.host_id for p in decision.schedule.parents] == ["s1"]
+    assert not decision.schedule.back_to_source
