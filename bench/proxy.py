@@ -8,6 +8,9 @@ the local disk, and its own ``damselfly peer`` with a rule for that nginx. Then,
 alternating within every run and repeated ``--runs`` times (medians reported):
 
   (a) direct    curl <- nginx
+  (a') direct+copy   curl <- nginx, piped through ``tee`` into a file on the store's
+                filesystem: no proxy, no hashing, just one stored copy. The floor of
+                any cache that keeps what it serves, on this machine.
   (b) cold      curl <- peer <- nginx, with a fresh peer and an empty store each run
   (c) hot       curl <- peer (local store), same peer process as (b)
   (c') hot-restarted   the same after a peer restart (first read verifies each piece)
@@ -205,6 +208,32 @@ class Fetch:
     peer_cpu: float = 0.0
     peer_main_cpu: float = 0.0
     origin_cpu: float = 0.0
+
+
+def curl_tee(url: str, copy: Path, sink: str, size: int, timeout: float) -> Fetch:
+    """curl <- nginx | tee COPY > SINK: the cost of storing one copy on the way through."""
+    script = (
+        f"curl -sS --noproxy '*' --max-time {int(timeout)} --connect-timeout 5 -o - "
+        f"'{url}' | tee '{copy}' > '{sink}'"
+    )
+    copy.unlink(missing_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+    )
+    seconds = time.perf_counter() - start
+    try:
+        if proc.returncode != 0:
+            raise BenchError(f"curl | tee failed ({proc.returncode}): {proc.stderr.strip()}")
+        if copy.stat().st_size != size:
+            raise BenchError(f"curl | tee stored {copy.stat().st_size} bytes, expected {size}")
+    finally:
+        copy.unlink(missing_ok=True)
+    return Fetch(seconds, 0.0, size, "", 0.0)
 
 
 def curl(
@@ -493,7 +522,8 @@ class Setup:
 
 def measure_setup(rig: Rig, setup: Setup, runs: int, client: Client) -> dict[str, Series]:
     size = rig.size
-    series = {k: Series(k) for k in ("direct", "cold", "hot", "hot-restarted", "nginx")}
+    labels = ("direct", "direct+copy", "cold", "hot", "hot-restarted", "nginx")
+    series = {k: Series(k) for k in labels}
     url = rig.url("object.bin")
     on_disk_sink = setup.sink != "/dev/null"
 
@@ -508,6 +538,15 @@ def measure_setup(rig: Rig, setup: Setup, runs: int, client: Client) -> dict[str
 
     for run in range(runs):
         fetch("direct", watch=[("origin", rig.nginx)])
+        setup.store_root.mkdir(parents=True, exist_ok=True)
+        if on_disk_sink:
+            Path(setup.sink).unlink(missing_ok=True)
+            sync()
+        series["direct+copy"].fetches.append(
+            curl_tee(url, setup.store_root / "copy.bin", setup.sink, size, client.timeout)
+        )
+        if on_disk_sink:
+            Path(setup.sink).unlink(missing_ok=True)
         store = setup.store_root / f"store-{run}"
         peer = rig.start_peer(store, quota=6 * size + GiB)
         try:
@@ -542,7 +581,13 @@ def report_setup(setup: Setup, series: dict[str, Series], size: int) -> None:
     nginx = series["nginx"].median_seconds()
     hot = series["hot"].median_seconds()
     hot_r = series["hot-restarted"].median_seconds()
+    floor = series["direct+copy"].median_seconds()
     print(f"  cold/direct time             {cold / direct:5.2f}   (goal <= 1.10)")
+    print(
+        f"  direct+copy/direct time      {floor / direct:5.2f}   "
+        "(storing one copy, no proxy, no hashing: the floor for cold here)"
+    )
+    print(f"  cold/(direct+copy) time      {cold / floor:5.2f}")
     print(f"  hot/nginx throughput         {nginx / hot:5.2f}   (goal >= 0.80)")
     print(f"  hot-restarted/nginx thrpt    {nginx / hot_r:5.2f}   (first read verifies pieces)")
 
