@@ -333,7 +333,8 @@ class Download:
                 link: ParentLink | None = None
                 number = wanted[0]
                 if swarm is not None and not self._stalled(swarm):
-                    choice = swarm.pick(wanted)
+                    reader_next = min(wanted[0], min(in_flight, default=wanted[0]))
+                    choice = swarm.pick(wanted, reader_next)
                     if choice is None:
                         await self._wait_for_parents(swarm)
                         continue

@@ -33,16 +33,23 @@ BUSY_BACKOFF = 0.5  # a parent that answered 503 is left alone this long
 
 
 def choose_piece(
-    wanted: list[int], links: list[ParentLink], rng: random.Random
+    wanted: list[int],
+    links: list[ParentLink],
+    rng: random.Random,
+    reader_next: int | None = None,
 ) -> tuple[int, ParentLink] | None:
     """Pure piece selection over parents that can take a request now.
 
-    The lowest wanted piece goes first when a peer (not only a seed) holds
-    it, so a client reading the object in order keeps receiving bytes; else
-    the rarest piece among the next PIECE_WINDOW wanted ones per parent (ties
-    at random): with many parents, close to rarest-first over the object, so
-    children hold different pieces and trade them; with a lone seed, the
-    reader's next bytes are never far off. Putting the in-order piece first even
+    ``reader_next`` is the lowest piece not stored yet: what a client reading
+    in order waits for. When it is not in flight (it is ``wanted[0]``) and a
+    peer (not only a seed) holds it, it goes first, so the reader keeps
+    receiving bytes. Every other request takes the rarest piece among the next
+    PIECE_WINDOW wanted ones per parent (ties at random): with many parents,
+    close to rarest-first over the object, so children hold different pieces
+    and trade them; with a lone seed, the reader's next bytes are never far
+    off. Fetching every piece in order instead makes all children chase the
+    same pieces, held only by the peers furthest ahead, and leaves the rest of
+    the swarm with nothing to upload. Putting the in-order piece first even
     when only the seed has it would send every child to the seed for the
     newest piece at once. A piece is taken from a non-seed holder when there
     is one, the least busy first.
@@ -54,7 +61,8 @@ def choose_piece(
             holders[number] = found
     if not holders:
         return None
-    if any(not link.parent.seed for link in holders.get(wanted[0], [])):
+    reader_waits = reader_next is None or wanted[0] == reader_next
+    if reader_waits and any(not link.parent.seed for link in holders.get(wanted[0], [])):
         number = wanted[0]
     else:
         ahead = PIECE_WINDOW * max(1, len(links))
@@ -148,11 +156,11 @@ class Swarm:
                 return link.info
         return None
 
-    def pick(self, wanted: list[int]) -> tuple[int, ParentLink] | None:
+    def pick(self, wanted: list[int], reader_next: int | None) -> tuple[int, ParentLink] | None:
         """The next piece to fetch and the parent to fetch it from (see choose_piece)."""
         now = time.monotonic()
         available = [link for link in self.links.values() if link.ready(now)]
-        return choose_piece(wanted, available, self._rng)
+        return choose_piece(wanted, available, self._rng, reader_next)
 
     def block(self, host_id: str) -> None:
         if host_id in self.links:

@@ -49,3 +49,12 @@ def test_a_reader_with_only_a_seed_gets_pieces_near_its_position() -> None:
     for value in range(50):
         number, _ = choose_piece(list(range(256)), [seed], random.Random(value))
         assert number < PIECE_WINDOW
+
+
+def test_once_the_readers_next_piece_is_in_flight_the_rest_go_rarest_first() -> None:
+    # Piece 0 is being fetched; 1 is held by both parents, 2 only by "a".
+    links = [link("a", [1, 2]), link("b", [1])]
+    for seed in range(20):
+        assert choose_piece([1, 2], links, random.Random(seed), reader_next=0)[0] == 2
+    # With 1 the reader's next piece (nothing lower in flight), 1 goes first.
+    assert choose_piece([1, 2], links, random.Random(0), reader_next=1)[0] == 1
