@@ -95,8 +95,10 @@ class UploadSection(ListenSection):
     slots_per_task: int | None = Field(
         default=None,
         ge=1,
-        description="Pieces of one task served at once; default 2 on seeds (so children "
-        "trade pieces among themselves rather than all drawing on the seed), else no limit.",
+        description="Pieces of one task served at once, and children of that task the "
+        "scheduler gives this peer; default 2 on seeds, 4 on other peers. A parent serving "
+        "every child at once gives each a sliver of its upload; capped, children go to other "
+        "holders and trade among themselves.",
     )
 
 

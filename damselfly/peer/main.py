@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # rest fetch from those children (measured with bench/p2p_fanout.py: 3.2x -> ~1.4x
 # the fluid bound for 8 peers).
 SEED_SLOTS_PER_TASK = 2
+PEER_SLOTS_PER_TASK = 4
 
 
 class Peer:
@@ -88,7 +89,7 @@ class Peer:
         self.proxy_port = proxy_server.sockets[0].getsockname()[1]
         self.metrics_port = await self._serve_app(self._health_app(), self.config.metrics)
         per_task = self.config.upload.slots_per_task or (
-            SEED_SLOTS_PER_TASK if self.config.seed else None
+            SEED_SLOTS_PER_TASK if self.config.seed else PEER_SLOTS_PER_TASK
         )
         self.upload = UploadServer(
             self.cache, self.config.upload.slots, self._seed if self.config.seed else None, per_task

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
 import subprocess
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from damselfly.peer.taskid import task_key
 from tests.support.origin import Origin, start_origin
 from tests.support.peer import PeerHandle, start_peer
 from tests.support.ports import free_port
@@ -48,6 +53,7 @@ def swarm_peer(
     name: str,
     schedulers: list[str],
     seed: bool = False,
+    upload: dict[str, Any] | None = None,
     **scheduler_settings: Any,
 ) -> PeerHandle:
     return start_peer(
@@ -57,6 +63,7 @@ def swarm_peer(
         rule_list=RULES,
         hostId=name,
         seed=seed,
+        upload=upload or {},
         scheduler={
             "addresses": schedulers,
             "announceInterval": ANNOUNCE,
@@ -113,6 +120,54 @@ def test_three_peers_and_a_seed_take_one_copy_from_the_origin(
     )
     assert from_parents >= 2 * SIZE  # at most one peer's worth came from the origin
     assert scheduler.metric("damselfly_scheduler_seed_triggers_total", result="accepted") == 1
+
+
+def test_a_seed_serving_one_child_at_a_time_feeds_the_swarm_through_that_child(
+    processes,
+    tmp_path: Path,
+    origin: Origin,
+    scheduler: SchedulerHandle,  # type: ignore[no-untyped-def]
+) -> None:
+    seed = swarm_peer(
+        processes, tmp_path, "seed-0", [scheduler.address], seed=True, upload={"slotsPerTask": 1}
+    )
+    peers = [swarm_peer(processes, tmp_path, f"peer-{i}", [scheduler.address]) for i in range(3)]
+    wait_for_hosts(scheduler, 4)
+    url = origin.url("files/model.bin", rate=16 * MiB)
+    task_url = f"http://{scheduler.address}/v1/tasks/{task_key(url, ()).task_id}"
+    children_seen: list[int] = []  # the seed's children in the scheduler's graph, over time
+
+    def watch_the_seeds_children(stop: threading.Event) -> None:
+        while not stop.wait(0.05):
+            try:
+                with urllib.request.urlopen(task_url, timeout=5) as answer:
+                    task = json.load(answer)
+            except urllib.error.HTTPError:
+                continue  # not registered yet
+            children_seen.append(
+                sum("seed-0" in peer["parents"] for peer in task["peers"].values())
+            )
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_the_seeds_children, args=(stop,))
+    watcher.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            codes = list(pool.map(lambda p: fetch(p, url, tmp_path / f"{p.proc.name}.bin"), peers))
+    finally:
+        stop.set()
+        watcher.join()
+    assert codes == [0, 0, 0]
+    expected = sha256(origin.directory / "files" / "model.bin")
+    for peer in peers:
+        assert sha256(tmp_path / f"{peer.proc.name}.bin") == expected
+    assert origin_bytes(origin, "files/model.bin") <= 1.05 * SIZE + 16
+    # The scheduler never gave the seed a second child: the other two peers were
+    # fed by its child and by each other, and the seed sent about one copy.
+    assert children_seen, "the scheduler never showed the task"
+    assert max(children_seen) == 1, children_seen
+    seed_sent = seed.metric("damselfly_peer_uploaded_bytes_total")
+    assert seed_sent <= SIZE + 4 * MiB, f"the seed uploaded {seed_sent / SIZE:.2f} copies"
 
 
 def test_two_peers_without_a_seed_share_one_origin_download(
