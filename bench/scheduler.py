@@ -86,8 +86,9 @@ def announce(
         ip="127.0.0.1",
         upload_port=port,
         seed=seed,
-        upload_slots_total=8,
-        upload_slots_free=8,
+        upload_slots_total=32,
+        upload_slots_free=32,
+        upload_slots_per_task=2 if seed else 4,  # the peer's defaults
         disk_free_bytes=1 << 40,
         tasks=tasks,
     )

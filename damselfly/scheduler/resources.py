@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 
@@ -67,7 +67,7 @@ class PeerState:
 
     host_id: str
     finished: set[int] = field(default_factory=set)
-    parents: set[str] = field(default_factory=set)
+    parents: frozenset[str] = frozenset()  # changed only through Task.set_parents
     blocklist: set[str] = field(default_factory=set)
     failed_parents: set[str] = field(default_factory=set)
     complete: bool = False
@@ -88,6 +88,22 @@ class Task:
     piece_digests: dict[int, str] = field(default_factory=dict)
     peers: dict[str, PeerState] = field(default_factory=dict)
     failed_seeds: set[str] = field(default_factory=set)
+    # parent host id -> peers of this task that have it as a parent, kept by
+    # set_parents so that "has this parent room for another child?" is O(1).
+    children: Counter[str] = field(default_factory=Counter)
+
+    def set_parents(self, peer: PeerState, parents: Set[str]) -> None:
+        for old in peer.parents - parents:
+            self.children[old] -= 1
+            if self.children[old] <= 0:
+                del self.children[old]
+        for new in parents - peer.parents:
+            self.children[new] += 1
+        peer.parents = frozenset(parents)
+
+    def children_besides(self, parent_id: str, child: PeerState) -> int:
+        """Peers with ``parent_id`` as a parent, ``child`` itself not counted."""
+        return self.children[parent_id] - (parent_id in child.parents)
 
     def total_pieces(self) -> int | None:
         if self.size is None or not self.piece_length:
@@ -226,7 +242,9 @@ class Resources:
         return peer
 
     def _drop_peer(self, task: Task, host_id: str, host: Host | None = None) -> None:
-        task.peers.pop(host_id, None)
+        peer = task.peers.pop(host_id, None)
+        if peer is not None:
+            task.set_parents(peer, frozenset())
         owner = host or self.hosts.get(host_id)
         if owner is not None:
             owner.tasks.discard(task.task_id)
@@ -243,7 +261,7 @@ class Resources:
     def _mark_complete(task: Task, peer: PeerState) -> None:
         peer.complete = True
         peer.failed = False
-        peer.parents.clear()  # it no longer depends on anyone: cannot be part of a cycle
+        task.set_parents(peer, frozenset())  # depends on no one: cannot be part of a cycle
         total = task.total_pieces()
         if total is not None and len(peer.finished) < total:
             peer.finished.update(range(total))
@@ -274,12 +292,12 @@ class Resources:
         if not req.refresh:
             peer.reschedules += 1
         if peer.reschedules > self.limits.reschedule_limit:
-            peer.parents.clear()
+            task.set_parents(peer, frozenset())
             return Decision(self._reply(task, [], back_to_source=True))
         return self._schedule(task, peer)
 
     def _candidate(
-        self, task: Task, host_id: str, child: str | None = None
+        self, task: Task, host_id: str, child: PeerState | None = None
     ) -> evaluator.Candidate | None:
         """``host_id`` as a parent, or None if it cannot serve; with ``child``, None
         also when it already has as many other children in this task as it serves at once.
@@ -289,7 +307,7 @@ class Resources:
         if peer is None or host is None or peer.failed or not host.announced:
             return None
         if child is not None and evaluator.is_full(
-            _children(task, host_id, child), host.upload_slots_per_task
+            task.children_besides(host_id, child), host.upload_slots_per_task
         ):
             return None
         return evaluator.Candidate(
@@ -319,7 +337,7 @@ class Resources:
         parents_of = self._parents_of(task)
 
         def candidate_of(host_id: str) -> evaluator.Candidate | None:
-            return self._candidate(task, host_id, child)
+            return self._candidate(task, host_id, peer)
 
         def candidate_over_limit(host_id: str) -> evaluator.Candidate | None:
             return self._candidate(task, host_id)
@@ -353,9 +371,9 @@ class Resources:
             )
         chosen = evaluator.rank(sample, task.total_pieces(), self.limits.candidate_parents)
         if chosen:
-            peer.parents = {c.host_id for c in chosen}
+            task.set_parents(peer, {c.host_id for c in chosen})
             return Decision(self._reply(task, [self._parent(task, c.host_id) for c in chosen]))
-        peer.parents.clear()
+        task.set_parents(peer, frozenset())
         child_host = self.hosts.get(child)
         if child_host is not None and child_host.seed:
             # A seed with no parents fetches the origin itself; it never triggers seeds.
@@ -409,10 +427,10 @@ class Resources:
         task = self._task(task_id)
         seed = self._host(seed_id)
         seed_peer = self._peer(task, seed)
-        seed_peer.parents.clear()
+        task.set_parents(seed_peer, frozenset())
         child = task.peers.get(child_id)
         if child is not None:
-            child.parents = {seed_id}
+            task.set_parents(child, {seed_id})
         return self._reply(task, [self._parent(task, seed_id)], seed_triggered=True)
 
     def seed_failed(self, task_id: str, seed_id: str, child_id: str) -> None:
@@ -426,7 +444,7 @@ class Resources:
             self._drop_peer(task, seed_id)
         child = task.peers.get(child_id)
         if child is not None:
-            child.parents.discard(seed_id)
+            task.set_parents(child, child.parents - {seed_id})
 
     def back_to_source(self, task_id: str) -> Schedule:
         task = self.tasks.get(task_id)
@@ -450,7 +468,8 @@ class Resources:
                 origin_bytes += piece.length
                 continue
             peer_bytes += piece.length
-            peer.parents.add(parent_id)
+            if parent_id not in peer.parents:
+                task.set_parents(peer, peer.parents | {parent_id})
             parent = self.hosts.get(parent_id)
             if parent is not None:
                 parent.costs.append(piece.cost_ms)
@@ -470,13 +489,13 @@ class Resources:
         else:
             peer.failed = True
             peer.complete = False
-            peer.parents.clear()
+            task.set_parents(peer, frozenset())
 
     def parent_failed(self, req: ParentFailed) -> None:
         """Lower the parent's record; the child does not get it again for this task."""
         task = self._task(req.task_id)
         peer = self._peer(task, self._host(req.host_id))
-        peer.parents.discard(req.parent_host_id)
+        task.set_parents(peer, peer.parents - {req.parent_host_id})
         if req.reason == "corrupt":
             peer.blocklist.add(req.parent_host_id)
         else:
@@ -490,10 +509,3 @@ class Resources:
     def holders(self, task_id: str) -> Sequence[str]:
         task = self.tasks.get(task_id)
         return sorted(task.peers) if task else []
-
-
-def _children(task: Task, parent_id: str, except_child: str) -> int:
-    """Peers of ``task`` that have ``parent_id`` as a parent, ``except_child`` aside."""
-    return sum(
-        1 for p in task.peers.values() if parent_id in p.parents and p.host_id != except_child
-    )
