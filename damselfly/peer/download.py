@@ -3,16 +3,15 @@
 The creator of a ``Download`` learns first what the origin said (``wait_started``);
 clients then wait for the pieces they need (``wait_piece``) while workers fetch
 the rest. Each piece comes from a parent peer that holds it or else from the
-origin, and every piece is hashed as it is written. When the object's sha256
-is known, the last piece is held back until the whole object has been verified,
-so a client never completes a download of wrong bytes.
+origin, and every piece is hashed (BLAKE3, see piecedigest) as it is written.
+When the object's sha256 is known, the last piece is held back until the whole
+object has been verified, so a client never completes a download of wrong bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from damselfly.peer import origin
 from damselfly.peer.httputil import describe_error
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.objecthash import ObjectHasher
+from damselfly.peer.piecedigest import PieceHasher
 from damselfly.peer.pieces import Piece, piece_length
 from damselfly.peer.reporter import PieceReporter
 from damselfly.peer.store import PieceStore, TaskRecord
@@ -413,19 +413,19 @@ class Download:
                 response.release()
             source = "origin"
         else:
+            expected = self._digests.get(piece.number) or link.pieces.get(piece.number)
             try:
                 digest = await self._write_stream(
-                    fd, piece.offset, piece.length, swarm.fetch(link, piece)
+                    fd, piece.offset, piece.length, swarm.fetch(link, piece), expected
                 )
             except origin.OriginError as exc:
                 raise ParentError(link.parent.host_id, "unreachable", str(exc)) from exc
-            expected = self._digests.get(piece.number) or link.pieces.get(piece.number)
             if digest != expected:
                 self.metrics.integrity_failures.labels(kind="parent").inc()
                 raise ParentError(
                     link.parent.host_id,
                     "corrupt",
-                    f"piece {piece.number} from {link.parent.host_id} has sha256 {digest}, "
+                    f"piece {piece.number} from {link.parent.host_id} has digest {digest}, "
                     f"expected {expected}",
                 )
             source = "parent"
@@ -556,14 +556,20 @@ class Download:
         task.add_done_callback(self._reports.discard)
 
     async def _write_stream(
-        self, fd: int, offset: int, length: int, chunks: AsyncIterator[bytes]
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        chunks: AsyncIterator[bytes],
+        expected: str | None = None,
     ) -> str:
-        """Write exactly ``length`` bytes at ``offset``, hashing them; return the digest.
+        """Write exactly ``length`` bytes at ``offset``, hashing them; return the digest
+        (made like ``expected``, the digest it will be compared with, when there is one).
 
         Chunks are handed to the writer thread as received, about 1 MiB at a
         time: hashing and writing happen off the event loop, with no copy.
         """
-        digest = hashlib.sha256()
+        digest = PieceHasher(expected)
         pending: list[bytes | memoryview] = []
         pending_bytes = 0
         written = 0
@@ -586,7 +592,7 @@ class Download:
             await flush()
         if written != length:
             raise origin.OriginError(f"body ended after {written} of {length} bytes")
-        return digest.hexdigest()
+        return digest.digest()
 
     async def _piece_done(
         self, record: TaskRecord, number: int, length: int, digest: str, source: str = "origin"
@@ -614,7 +620,7 @@ class Download:
             number, filled = 0, 0
             buffered: list[bytes | memoryview] = []  # slices of received chunks, no copies
             buffered_bytes = 0
-            digest = hashlib.sha256()
+            digest = PieceHasher()
             pending: tuple[int, str] | None = None  # a full piece not yet announced
 
             async def flush() -> None:
@@ -640,8 +646,8 @@ class Download:
                     if filled + buffered_bytes == length or buffered_bytes >= WRITE_BUFFER:
                         await flush()
                     if filled == length:
-                        pending = (number, digest.hexdigest())
-                        number, filled, digest = number + 1, 0, hashlib.sha256()
+                        pending = (number, digest.digest())
+                        number, filled, digest = number + 1, 0, PieceHasher()
             if buffered:
                 await flush()
         finally:
@@ -653,7 +659,7 @@ class Download:
         if record.size is None:
             self.store.set_size(record.task_id, size)
             record.size = size
-        last = (number, filled, digest.hexdigest()) if filled else None
+        last = (number, filled, digest.digest()) if filled else None
         if last is None and pending is not None:
             last = (pending[0], length, pending[1])
         if last is not None:
@@ -663,7 +669,7 @@ class Download:
             self._report_piece(record.piece(last[0]), last[2], 0.0, None)
 
     def _hash_and_write(
-        self, digest: hashlib._Hash, fd: int, offset: int, chunks: list[bytes | memoryview]
+        self, digest: PieceHasher, fd: int, offset: int, chunks: list[bytes | memoryview]
     ) -> None:
         for chunk in chunks:
             digest.update(chunk)

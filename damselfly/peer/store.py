@@ -1,7 +1,7 @@
 """The piece store: one data file per task, pieces at their offsets, metadata in SQLite.
 
 It survives restarts: complete tasks are served again; a half-written task
-keeps its recorded pieces (each with its sha256) so a later download can
+keeps its recorded pieces (each with its digest) so a later download can
 resume, and is never reported as complete. Pieces read back from disk are
 checked against their digest before they are served, once per process run
 (pieces this process wrote were hashed from the very bytes it wrote).
@@ -9,7 +9,6 @@ checked against their digest before they are served, once per process run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from damselfly.peer.piecedigest import PieceHasher
 from damselfly.peer.pieces import Piece, piece_at, piece_count
 
 READ_CHUNK = 1 << 20
@@ -65,7 +65,7 @@ class TaskRecord:
     headers: dict[str, str]
     created: float
     accessed: float
-    pieces: dict[int, str] = field(default_factory=dict)  # number -> sha256 hex
+    pieces: dict[int, str] = field(default_factory=dict)  # number -> digest (piecedigest)
 
     def piece(self, number: int) -> Piece:
         """Piece geometry; while the size is unknown every piece so far is full."""
@@ -243,10 +243,11 @@ class PieceStore:
         if (record.task_id, number) in self._verified:
             return
         piece = record.piece(number)
-        digest = hashlib.sha256()
+        expected = record.pieces.get(number)
+        digest = PieceHasher(expected)
         for chunk in read_chunks(fd, piece.offset, piece.length):
             digest.update(chunk)
-        if digest.hexdigest() != record.pieces.get(number):
+        if digest.digest() != expected:
             raise PieceCorrupt(f"task {record.task_id} piece {number} does not match its digest")
         self._verified.add((record.task_id, number))
 

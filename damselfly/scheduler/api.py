@@ -35,7 +35,7 @@ RESULT_PATH = "/v1/tasks/result"
 PARENT_FAILED_PATH = "/v1/tasks/parent-failed"
 SEED_PATH = "/v1/seed"
 
-# Digest of a piece: lowercase sha256 hex.
+# Digest of a piece: "blake3:<hex>" (a bare sha256 hex from earlier peers); opaque here.
 Digest = str
 
 

@@ -1,0 +1,65 @@
+"""Piece digests: BLAKE3 with a prefix, and sha256 digests of earlier versions still verify."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from damselfly.peer.piecedigest import PieceHasher
+from damselfly.peer.pieces import MiB
+from damselfly.peer.store import PieceCorrupt, PieceStore
+
+
+def digest_of(data: bytes, like: str | None = None) -> str:
+    hasher = PieceHasher(like)
+    hasher.update(data)
+    return hasher.digest()
+
+
+def test_new_digests_are_tagged_blake3() -> None:
+    # BLAKE3's published test vector for empty input.
+    assert digest_of(b"") == (
+        "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    )
+    assert digest_of(b"a") != digest_of(b"b")
+
+
+def test_a_recorded_digest_picks_the_algorithm_that_made_it() -> None:
+    legacy = hashlib.sha256(b"piece").hexdigest()
+    assert digest_of(b"piece", like=legacy) == legacy
+    assert digest_of(b"piece", like=digest_of(b"other")).startswith("blake3:")
+
+
+@pytest.mark.parametrize("era", ["blake3", "sha256 (earlier versions)"])
+def test_stored_pieces_verify_and_a_flipped_byte_is_caught(tmp_path: Path, era: str) -> None:
+    data = os.urandom(MiB + 5)
+    store = PieceStore(tmp_path / "store", quota=8 * MiB)
+    try:
+        record = store.begin("t" * 64, "http://o/x", len(data), 4 * MiB, None, {})
+        fd = store.open_for_write(record.task_id)
+        store.write_at(fd, 0, [data])
+        os.close(fd)
+        recorded = hashlib.sha256(data).hexdigest() if era.startswith("sha256") else None
+        recorded = recorded or digest_of(data)
+        store.record_piece(record.task_id, 0, len(data), recorded)
+        store.close()
+        store = PieceStore(tmp_path / "store", quota=8 * MiB)  # a restart: nothing verified yet
+        stored = store.get(record.task_id)
+        assert stored is not None
+        fd = store.open_for_read(record.task_id)
+        store.verify_piece(fd, stored, 0)
+        os.close(fd)
+        store.close()
+        with store.data_path(record.task_id).open("r+b") as handle:
+            handle.seek(MiB)
+            handle.write(bytes([data[MiB] ^ 1]))
+        store = PieceStore(tmp_path / "store", quota=8 * MiB)
+        fd = store.open_for_read(record.task_id)
+        with pytest.raises(PieceCorrupt):
+            store.verify_piece(fd, stored, 0)
+        os.close(fd)
+    finally:
+        store.close()
