@@ -13,6 +13,7 @@ from damselfly.peer.config import StorageSection
 from damselfly.peer.download import P2P, Download
 from damselfly.peer.gc import GcPolicy, StoredTask, select_evictions
 from damselfly.peer.metrics import PeerMetrics
+from damselfly.peer.rangefetch import RangeFetcher
 from damselfly.peer.store import PieceStore, StoreFull, TaskRecord
 from damselfly.peer.taskid import TaskKey
 
@@ -25,11 +26,13 @@ class Cache:
         store: PieceStore,
         storage: StorageSection,
         session: aiohttp.ClientSession,
+        fetcher: RangeFetcher,
         metrics: PeerMetrics,
         p2p: P2P | None = None,
     ) -> None:
         self.store = store
         self.session = session
+        self.fetcher = fetcher
         self.metrics = metrics
         self.p2p = p2p
         self.policy = GcPolicy(
@@ -68,6 +71,7 @@ class Cache:
             headers,
             self.store,
             self.session,
+            self.fetcher,
             self.metrics,
             self.reserve,
             p2p=self.p2p,

@@ -28,6 +28,7 @@ from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.objecthash import ObjectHasher
 from damselfly.peer.piecedigest import PieceHasher
 from damselfly.peer.pieces import Piece, piece_length
+from damselfly.peer.rangefetch import RangeFetcher
 from damselfly.peer.reporter import PieceReporter
 from damselfly.peer.store import PieceStore, TaskRecord
 from damselfly.peer.swarm import ParentBusy, ParentError, ParentLink, Swarm, TaskInfo
@@ -84,6 +85,7 @@ class Download:
         headers: CIMultiDict[str],
         store: PieceStore,
         session: aiohttp.ClientSession,
+        fetcher: RangeFetcher,
         metrics: PeerMetrics,
         reserve: Reserve,
         p2p: P2P | None = None,
@@ -96,6 +98,7 @@ class Download:
         self.headers = origin.forwardable_request_headers(headers)
         self.store = store
         self.session = session
+        self.fetcher = fetcher
         self.metrics = metrics
         self.reserve = reserve
         self.record: TaskRecord | None = None
@@ -403,14 +406,7 @@ class Download:
     ) -> None:
         began = time.monotonic()
         if link is None or swarm is None:
-            assert record.size is not None
-            response = await origin.get_range(
-                self.session, self.url, self.headers, piece.offset, piece.end - 1, record.size
-            )
-            try:
-                digest = await self._write_stream(fd, piece.offset, piece.length, _body(response))
-            finally:
-                response.release()
+            digest = await self._fetch_origin_piece(record, fd, piece)
             source = "origin"
         else:
             expected = self._digests.get(piece.number) or link.pieces.get(piece.number)
@@ -443,6 +439,23 @@ class Download:
         self._report_piece(
             piece, digest, time.monotonic() - began, link.parent.host_id if link else None
         )
+
+    async def _fetch_origin_piece(self, record: TaskRecord, fd: int, piece: Piece) -> str:
+        """One piece by a ranged GET, received, hashed and written on a worker thread."""
+        assert record.size is not None
+        hasher = PieceHasher()
+        offset = piece.offset
+
+        def sink(chunk: memoryview) -> None:
+            nonlocal offset
+            hasher.update(chunk)
+            self.store.write_at(fd, offset, [chunk])
+            offset += len(chunk)
+
+        await self.fetcher.fetch(
+            self.url, self.headers, piece.offset, piece.end - 1, record.size, sink
+        )
+        return hasher.digest()
 
     # --- the scheduler -----------------------------------------------------------
     async def _register(self) -> api.Schedule | None:

@@ -30,6 +30,7 @@ from damselfly.peer.download import P2P
 from damselfly.peer.kuberules import KubeRules
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import Proxy, RulesHolder
+from damselfly.peer.rangefetch import RangeFetcher
 from damselfly.peer.rules import CompiledRules, RuleSet
 from damselfly.peer.rulesource import RulesSource
 from damselfly.peer.store import PieceStore
@@ -63,6 +64,12 @@ class Peer:
         storage = Path(self.config.storage.dir)
         self.store = PieceStore(storage, self.config.storage.quota)  # creates the directory
         self.session = self._client_session()
+        self.fetcher = RangeFetcher(
+            self._upstream_tls(),
+            self.config.proxy.allow_link_local,
+            self.config.proxy.upstream_connect_timeout,
+            self.config.proxy.upstream_read_timeout,
+        )
         self.scheduler = self._scheduler_client()
         p2p = None
         if self.scheduler is not None:
@@ -72,7 +79,9 @@ class Peer:
                 piece_timeout=self.config.scheduler.piece_timeout,
                 stall_timeout=self.config.scheduler.stall_timeout,
             )
-        self.cache = Cache(self.store, self.config.storage, self.session, self.metrics, p2p)
+        self.cache = Cache(
+            self.store, self.config.storage, self.session, self.fetcher, self.metrics, p2p
+        )
         defaults = tuple(self.config.proxy.default_filtered_query_params)
         self.rules = RulesHolder(CompiledRules(RuleSet(), defaults))
         self.rules_source = RulesSource(self.config, self.rules, self.metrics, storage)
@@ -163,16 +172,17 @@ class Peer:
         log.info("seeding", extra={"task": request.task_id, "url": request.url})
         self.cache.download(key, request.url, CIMultiDict(request.headers), back_to_source=True)
 
+    def _upstream_tls(self) -> ssl.SSLContext:
+        """TLS toward origins: the system's CAs, or the configured CA file instead."""
+        return ssl.create_default_context(cafile=self.config.proxy.upstream_ca_file)
+
     def _client_session(self) -> aiohttp.ClientSession:
         proxy = self.config.proxy
-        ssl_context: ssl.SSLContext | bool = True
-        if proxy.upstream_ca_file:
-            ssl_context = ssl.create_default_context(cafile=proxy.upstream_ca_file)
         connector = aiohttp.TCPConnector(
             limit=0,
             limit_per_host=64,
             resolver=GuardedResolver(proxy.allow_link_local),
-            ssl=ssl_context,
+            ssl=self._upstream_tls(),
             enable_cleanup_closed=True,
         )
         timeout = aiohttp.ClientTimeout(
@@ -254,6 +264,7 @@ class Peer:
         for download in list(self.cache.active.values()):
             await download.cancel()
         await self.session.close()
+        self.fetcher.close()
         self.store.close()
         log.info("peer stopped")
 

@@ -1,4 +1,4 @@
-"""Talking to origins: the stat request and ranged piece requests.
+"""Talking to origins: the stat request, and what origin answers mean (ranges, caching).
 
 Presigned URLs are signed per method, so the stat is a ``GET`` with
 ``Range: bytes=0-0`` rather than a ``HEAD``. We always ask for the identity
@@ -121,30 +121,3 @@ async def stat(session: aiohttp.ClientSession, url: str, headers: CIMultiDict[st
     if response.status == 200:
         return StatResult(response, response.content_length, honours_range=False)
     return StatResult(response, None, honours_range=False)
-
-
-async def get_range(
-    session: aiohttp.ClientSession,
-    url: str,
-    headers: CIMultiDict[str],
-    start: int,
-    end: int,
-    size: int,
-) -> aiohttp.ClientResponse:
-    """A ranged GET of bytes [start, end] that the origin must answer exactly."""
-    request_headers = CIMultiDict(headers)
-    request_headers["Range"] = f"bytes={start}-{end}"
-    response = await session.get(
-        url, headers=request_headers, allow_redirects=False, auto_decompress=False
-    )
-    if response.status != 206:
-        response.release()
-        raise OriginError(f"origin answered {response.status} to a range request")
-    parsed = parse_content_range(response.headers.get("Content-Range"))
-    if parsed != (start, end, size):
-        response.release()
-        raise OriginError(
-            f"origin answered Content-Range {response.headers.get('Content-Range')!r}, "
-            f"expected bytes {start}-{end}/{size} (object changed?)"
-        )
-    return response

@@ -6,8 +6,10 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -442,6 +444,46 @@ def test_a_download_killed_mid_way_resumes_after_restart(
     fetched = sorted(r for r in origin.ranges(f"files/{oid}") if r != "bytes=0-0")
     pieces = ["bytes=0-4194303", "bytes=4194304-8388607", f"bytes=8388608-{SIZE - 1}"]
     assert fetched == sorted(p for n, p in enumerate(pieces) if n not in stored)
+
+
+def test_a_peer_stopped_mid_download_exits_at_once_and_resumes_later(
+    processes,
+    origin: Origin,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """SIGTERM while pieces are still arriving slowly: the piece requests are cut,
+    the peer exits cleanly within seconds (not when the pieces would have landed,
+    about 16 s later), and what it stored serves a later download."""
+    data = os.urandom(SIZE)
+    oid = hashlib.sha256(data).hexdigest()
+    (origin.directory / "files" / oid).write_bytes(data)
+    peer = start_peer(processes, tmp_path, rule_list=RULES)
+    slow = f"{origin.base_url}/@rate={256 * 1024}/files/{oid}"
+    client = subprocess.Popen(
+        ["curl", "-sS", "-x", peer.proxy_url, "-o", "/dev/null", slow],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: peer.metric("damselfly_peer_downloaded_bytes_total", source="origin") > 0,
+            30,
+            "the short last piece stored",
+        )
+        began = time.monotonic()
+        peer.proc.signal(signal.SIGTERM)
+        peer.proc.proc.wait(timeout=30)
+        stopped_after = time.monotonic() - began
+    finally:
+        client.kill()
+        client.wait()
+    assert peer.proc.proc.returncode == 0, peer.proc.log_tail()
+    assert stopped_after < 5, f"the peer took {stopped_after:.1f} s to stop"
+    config = yaml.safe_load(peer.config_path.read_text())
+    again = start_peer(processes, tmp_path, config=config, name="peer-restarted")
+    code, _ = fetch(again, origin.url(f"files/{oid}"), tmp_path / "r.bin")
+    assert code == 0
+    assert hashlib.sha256((tmp_path / "r.bin").read_bytes()).hexdigest() == oid
 
 
 def test_use_tls_fetches_https_upstream_for_a_plain_http_client(
