@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -10,7 +11,9 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -401,19 +404,20 @@ def test_store_evicts_least_recently_used_objects_above_the_high_watermark(
     assert peer.metric("damselfly_peer_gc_evicted_tasks_total", reason="watermark") >= 1
 
 
-def test_a_download_killed_mid_way_resumes_after_restart(
-    processes,
-    origin: Origin,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
-) -> None:
+@contextlib.contextmanager
+def slow_download_with_a_piece_stored(
+    processes: Any, origin: Origin, tmp_path: Path, rate: int
+) -> Iterator[tuple[PeerHandle, str]]:
+    """A peer fetching a content-addressed object at ``rate`` bytes/s per piece request,
+    once a piece is stored. Pieces download in parallel at the same rate, so the short
+    last one lands first while the two full ones are still on the way. The path flag
+    changes the URL, not the content-addressed task; the client is stopped on exit.
+    """
     data = os.urandom(SIZE)
     oid = hashlib.sha256(data).hexdigest()
     (origin.directory / "files" / oid).write_bytes(data)
     peer = start_peer(processes, tmp_path, rule_list=RULES)
-    # A slow first attempt (the path flag changes the URL, not the content-addressed task).
-    # Pieces download in parallel at the same rate: the short last one lands first,
-    # and the peer dies while the two full pieces are still on the way.
-    slow = f"{origin.base_url}/@rate={2 * MiB}/files/{oid}"
+    slow = f"{origin.base_url}/@rate={rate}/files/{oid}"
     client = subprocess.Popen(
         ["curl", "-sS", "-x", peer.proxy_url, "-o", "/dev/null", slow],
         stdout=subprocess.DEVNULL,
@@ -425,10 +429,19 @@ def test_a_download_killed_mid_way_resumes_after_restart(
             30,
             "a piece stored",
         )
-        peer.proc.kill()  # a crash: no clean shutdown
+        yield peer, oid
     finally:
         client.kill()
         client.wait()
+
+
+def test_a_download_killed_mid_way_resumes_after_restart(
+    processes,
+    origin: Origin,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    with slow_download_with_a_piece_stored(processes, origin, tmp_path, 2 * MiB) as (peer, oid):
+        peer.proc.kill()  # a crash: no clean shutdown
     with sqlite3.connect(f"file:{peer.store_dir / 'store.db'}?mode=ro", uri=True) as db:
         stored = {n for (n,) in db.execute("SELECT number FROM pieces WHERE task_id = ?", (oid,))}
         complete = db.execute("SELECT complete FROM tasks WHERE task_id = ?", (oid,)).fetchone()
@@ -454,29 +467,14 @@ def test_a_peer_stopped_mid_download_exits_at_once_and_resumes_later(
     """SIGTERM while pieces are still arriving slowly: the piece requests are cut,
     the peer exits cleanly within seconds (not when the pieces would have landed,
     about 16 s later), and what it stored serves a later download."""
-    data = os.urandom(SIZE)
-    oid = hashlib.sha256(data).hexdigest()
-    (origin.directory / "files" / oid).write_bytes(data)
-    peer = start_peer(processes, tmp_path, rule_list=RULES)
-    slow = f"{origin.base_url}/@rate={256 * 1024}/files/{oid}"
-    client = subprocess.Popen(
-        ["curl", "-sS", "-x", peer.proxy_url, "-o", "/dev/null", slow],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(
-            lambda: peer.metric("damselfly_peer_downloaded_bytes_total", source="origin") > 0,
-            30,
-            "the short last piece stored",
-        )
+    with slow_download_with_a_piece_stored(processes, origin, tmp_path, 256 * 1024) as (
+        peer,
+        oid,
+    ):
         began = time.monotonic()
         peer.proc.signal(signal.SIGTERM)
         peer.proc.proc.wait(timeout=30)
         stopped_after = time.monotonic() - began
-    finally:
-        client.kill()
-        client.wait()
     assert peer.proc.proc.returncode == 0, peer.proc.log_tail()
     assert stopped_after < 5, f"the peer took {stopped_after:.1f} s to stop"
     config = yaml.safe_load(peer.config_path.read_text())
