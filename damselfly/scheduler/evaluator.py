@@ -218,10 +218,10 @@ def filter_candidates(
         examined += 1
         if host_id == child or host_id in excluded:
             continue
-        if would_cycle(child, host_id, parents_of, memo=memo):
-            continue
         candidate = candidate_of(host_id)
         if candidate is None or candidate.bad:
+            continue
+        if would_cycle(child, host_id, parents_of, memo=memo):
             continue
         chosen.append(candidate)
     return chosen
