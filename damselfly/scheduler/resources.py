@@ -129,6 +129,9 @@ class PieceOutcome:
     remote_peer_bytes: int = 0
 
 
+NO_PARENTS = evaluator.parents_index({})
+
+
 @dataclass(slots=True)
 class Limits:
     """Tunables of scheduling and expiry (from the scheduler config)."""
@@ -334,7 +337,9 @@ class Resources:
     def _schedule(self, task: Task, peer: PeerState) -> Decision:
         child = peer.host_id
         excluded = peer.blocklist | peer.failed_parents
-        parents_of = self._parents_of(task)
+        # A peer nobody downloads from (one just registering) has no descendants,
+        # so no candidate can close a cycle through it: skip the graph walks.
+        parents_of = self._parents_of(task) if task.children[child] else NO_PARENTS
 
         def candidate_of(host_id: str) -> evaluator.Candidate | None:
             return self._candidate(task, host_id, peer)
