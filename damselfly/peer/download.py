@@ -345,6 +345,8 @@ class Download:
                 in_flight.add(number)
                 try:
                     await self._fetch_piece(record, fd, record.piece(number), swarm, link)
+                except origin.RangeIgnored:
+                    raise  # no piece can come from this origin alone: read it whole
                 except ParentBusy:
                     pass  # the parent backs off by itself; another holder or piece next
                 except ParentError as exc:
@@ -367,11 +369,59 @@ class Download:
         workers = [asyncio.create_task(worker()) for _ in range(max(1, min(count, total)))]
         try:
             await asyncio.gather(*workers)
+        except origin.RangeIgnored:
+            # Reached when parents fail and the origin turns out to send only
+            # whole bodies: P2P trouble must not fail the download.
+            log.info(
+                "origin ignores Range; reading its whole body", extra={"task": self.key.task_id}
+            )
+        else:
+            return
         finally:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             os.close(fd)
+        await self._fill_from_whole_body(record)
+
+    async def _fill_from_whole_body(self, record: TaskRecord) -> None:
+        """Read the origin's one body for the same object, storing the pieces still missing."""
+        assert record.size is not None
+        result = await origin.stat(self.session, self.url, self.headers)
+        try:
+            if not result.ok or result.honours_range or result.size not in (None, record.size):
+                raise DownloadFailed(
+                    f"origin answered {result.response.status} (size {result.size}) to a "
+                    f"whole-body GET; expected 200 with {record.size} bytes"
+                )
+            body = _ExactReader(_body(result.response))
+            fd = self.store.open_for_write(record.task_id)
+            try:
+                for number in range(record.total_pieces or 0):
+                    piece = record.piece(number)
+                    chunks = body.take(piece.length)
+                    if number in self._done:
+                        async for _ in chunks:
+                            pass
+                        continue
+                    expected = self._digests.get(number)
+                    digest = await self._write_stream(
+                        fd, piece.offset, piece.length, chunks, expected
+                    )
+                    if expected is not None and digest != expected:
+                        raise DownloadFailed(
+                            f"piece {number} from the origin has digest {digest}, the swarm's "
+                            f"is {expected}: the object changed"
+                        )
+                    self.metrics.downloaded_bytes.labels(source="origin").inc(piece.length)
+                    await self._piece_done(record, number, piece.length, digest)
+                    self._report_piece(piece, digest, 0.0, None)
+                if await body.more():
+                    raise DownloadFailed(f"origin sent more than the object's {record.size} bytes")
+            finally:
+                os.close(fd)
+        finally:
+            result.response.release()
 
     def _stalled(self, swarm: Swarm) -> bool:
         """No usable parent, or no news from any parent for too long: use the origin."""
@@ -573,7 +623,7 @@ class Download:
         fd: int,
         offset: int,
         length: int,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes] | AsyncIterator[memoryview],
         expected: str | None = None,
     ) -> str:
         """Write exactly ``length`` bytes at ``offset``, hashing them; return the digest
@@ -644,6 +694,7 @@ class Download:
                     self._hash_and_write, digest, fd, number * length + filled, batch
                 )
                 filled += count
+                self.metrics.downloaded_bytes.labels(source="origin").inc(count)
 
             async for chunk in _body(response):
                 view = memoryview(chunk)
@@ -666,7 +717,6 @@ class Download:
         finally:
             os.close(fd)
         size = number * length + filled
-        self.metrics.downloaded_bytes.labels(source="origin").inc(size)
         if record.size is not None and size != record.size:
             raise DownloadFailed(f"origin body ended after {size} of {record.size} bytes")
         if record.size is None:
@@ -719,3 +769,30 @@ def _same_validators(old: dict[str, str], new: dict[str, str]) -> bool:
 async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     async for chunk in response.content.iter_any():
         yield chunk
+
+
+class _ExactReader:
+    """Cuts a stream of chunks into consecutive spans of given lengths, without copies."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._rest = memoryview(b"")
+
+    async def _fill(self) -> bool:
+        while not self._rest:
+            try:
+                self._rest = memoryview(await anext(self._chunks))
+            except StopAsyncIteration:
+                return False
+        return True
+
+    async def take(self, length: int) -> AsyncIterator[memoryview]:
+        """The next ``length`` bytes, fewer only if the stream ends first."""
+        while length and await self._fill():
+            part = self._rest[:length]
+            self._rest = self._rest[len(part) :]
+            length -= len(part)
+            yield part
+
+    async def more(self) -> bool:
+        return await self._fill()

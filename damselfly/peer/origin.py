@@ -36,6 +36,10 @@ class OriginError(RuntimeError):
     """The origin misbehaved during a piece fetch (wrong status, range, length)."""
 
 
+class RangeIgnored(OriginError):
+    """The origin answered a range request with the whole object (200)."""
+
+
 @dataclass
 class StatResult:
     """What the first request told us about the object."""

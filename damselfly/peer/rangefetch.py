@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from damselfly.peer.access import is_link_local
-from damselfly.peer.origin import OriginError, parse_content_range
+from damselfly.peer.origin import OriginError, RangeIgnored, parse_content_range
 
 BUFFER = 256 << 10  # received, hashed and written while still in the CPU's cache
 MAX_IDLE_PER_ORIGIN = 16
@@ -226,6 +226,8 @@ class RangeFetcher:
     def _receive(
         response: http.client.HTTPResponse, start: int, end: int, size: int, sink: Sink
     ) -> None:
+        if response.status == 200:
+            raise RangeIgnored("origin answered 200 to a range request: it ignores Range")
         if response.status != 206:
             raise OriginError(f"origin answered {response.status} to a range request")
         content_range = response.getheader("Content-Range")

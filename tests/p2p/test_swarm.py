@@ -188,16 +188,21 @@ def test_two_peers_without_a_seed_share_one_origin_download(
     assert first.metric("damselfly_peer_uploaded_bytes_total") == SIZE
 
 
+# An origin that ignores Range sends the parent its whole body; when the parent
+# dies, the child cannot take single pieces from it and must read it whole.
+@pytest.mark.parametrize("origin_flags", [{}, {"norange": 1}], ids=["ranges", "no-ranges"])
 def test_a_parent_killed_mid_transfer_costs_a_retry_not_the_download(
     processes,
     tmp_path: Path,
     origin: Origin,
     scheduler: SchedulerHandle,  # type: ignore[no-untyped-def]
+    origin_flags: dict[str, int],
 ) -> None:
     parent = swarm_peer(processes, tmp_path, "parent", [scheduler.address])
     child = swarm_peer(processes, tmp_path, "child", [scheduler.address])
     wait_for_hosts(scheduler, 2)
-    slow = origin.url("files/model.bin", rate=6 * MiB)  # the parent needs about 4 s
+    # the parent needs about 4 s
+    slow = origin.url("files/model.bin", rate=6 * MiB, **origin_flags)
     parent_client = subprocess.Popen(
         ["curl", "-sS", "-x", parent.proxy_url, "-o", "/dev/null", slow],
         stdout=subprocess.DEVNULL,
