@@ -1,6 +1,9 @@
 """Telling the schedulers what this host is and holds, every few seconds.
 
-Re-announcing held tasks with their piece digests is how a restarted scheduler
+The first announce lists every held task with its piece digests; later ones
+only what changed (a node with a full store would otherwise send megabytes of
+digests to every replica every interval). A scheduler that does not know the
+host (it restarted, or expired it) asks for a full announce, which is how it
 learns again where every object lives: no download is lost to a restart.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from collections.abc import Iterable
 
 from damselfly.peer.cache import Cache
 from damselfly.scheduler import api
@@ -17,22 +21,36 @@ from damselfly.scheduler.client import SchedulerClient, SchedulerError
 log = logging.getLogger(__name__)
 
 
-def held_tasks(cache: Cache) -> list[api.HeldTask]:
-    """Complete tasks in the store and downloads under way, with their digests."""
-    held: list[api.HeldTask] = []
+# What the scheduler knows of one held task: complete, and how many pieces.
+Holding = tuple[bool, int]
+
+
+def holdings(cache: Cache) -> dict[str, Holding]:
+    """Complete tasks in the store and downloads under way, without their digests."""
+    held: dict[str, Holding] = {}
     for task_id, complete, _accessed, _bytes in cache.store.tasks():
+        download = cache.active.get(task_id)
+        if download is not None and download.record is not None:
+            held[task_id] = (download.complete, len(download.servable_pieces()))
+        elif complete:
+            held[task_id] = (True, -1)  # stored whole: its pieces no longer change
+    return held
+
+
+def held_tasks(cache: Cache, task_ids: Iterable[str]) -> list[api.HeldTask]:
+    """``task_ids`` as announced: geometry, the digests of servable pieces, completeness."""
+    held: list[api.HeldTask] = []
+    for task_id in task_ids:
         download = cache.active.get(task_id)
         if download is not None and download.record is not None:
             record = download.record
             digests = download.servable_pieces()
             complete = download.complete
-        elif complete:
-            stored = cache.store.get(task_id)
-            if stored is None:
-                continue
-            record, digests = stored, stored.pieces
         else:
-            continue  # a half download nobody is running: not something to offer
+            stored = cache.store.get(task_id)
+            if stored is None or not stored.complete:
+                continue
+            record, digests, complete = stored, stored.pieces, True
         held.append(
             api.HeldTask(
                 task_id=task_id,
@@ -68,8 +86,17 @@ class Announcer:
         self.slots = slots
         self.slots_per_task = slots_per_task
         self.interval = interval
+        # What every scheduler was last told; None: they must be told everything.
+        self.told: dict[str, Holding] | None = None
 
-    def message(self, slots_free: int) -> api.AnnounceHost:
+    def message(self, slots_free: int, held: dict[str, Holding]) -> api.AnnounceHost:
+        """The announce: every held task at first and after a resync, else what changed."""
+        told = self.told
+        if told is None:
+            changed, dropped = list(held), []
+        else:
+            changed = [t for t, holding in held.items() if told.get(t) != holding]
+            dropped = [t for t in told if t not in held]
         disk = shutil.disk_usage(self.cache.store.root)
         return api.AnnounceHost(
             host_id=self.host_id,
@@ -80,19 +107,31 @@ class Announcer:
             upload_slots_free=slots_free,
             upload_slots_per_task=self.slots_per_task,
             disk_free_bytes=disk.free,
-            tasks=held_tasks(self.cache),
+            tasks=held_tasks(self.cache, changed),
+            full=told is None,
+            dropped=dropped,
         )
 
-    async def announce_once(self, slots_free: int) -> None:
-        reply = await self.client.announce(self.message(slots_free))
+    async def announce_once(self, slots_free: int) -> bool:
+        """One announce; True when a partial one was refused and a full one is due now."""
+        held = holdings(self.cache)
+        message = self.message(slots_free, held)
+        try:
+            reply = await self.client.announce(message)
+        except BaseException:
+            self.told = None  # some scheduler may have missed what changed
+            raise
+        self.told = None if reply.resync else held
         self.interval = reply.interval_seconds or self.interval
+        return reply.resync and not message.full
 
     async def run(self, slots_free: object) -> None:
         """Announce forever; ``slots_free`` is a callable giving free upload slots."""
         assert callable(slots_free)
         while True:
             try:
-                await self.announce_once(int(slots_free()))
+                if await self.announce_once(int(slots_free())):
+                    continue  # a restarted scheduler relearns what we hold at once
             except SchedulerError as exc:
                 log.warning("announce failed", extra={"error": str(exc)})
             except Exception:

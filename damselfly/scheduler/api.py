@@ -78,12 +78,20 @@ class AnnounceHost(Model):
     upload_slots_per_task: int | None = Field(default=None, ge=1)
     disk_free_bytes: int = Field(default=0, ge=0)
     tasks: list[HeldTask] = Field(default_factory=list)
+    # True: ``tasks`` is everything the host holds. False: only the tasks that
+    # changed since its previous announce, and ``dropped`` those it no longer
+    # holds; a host with a full store then sends a few bytes, not every digest.
+    full: bool = True
+    dropped: list[str] = Field(default_factory=list)
 
 
 class AnnounceReply(Model):
     """How often the host should announce; hosts silent for 3 intervals are dropped."""
 
     interval_seconds: float
+    # The scheduler cannot apply a partial announce (it restarted, or dropped the
+    # host): the next announce must be full.
+    resync: bool = False
 
 
 class RegisterTask(Model):

@@ -108,7 +108,12 @@ class SchedulerClient:
         raise SchedulerUnavailable("no scheduler answered: " + "; ".join(errors))
 
     async def announce(self, host: api.AnnounceHost) -> api.AnnounceReply:
-        """Announce to every replica at once; the first reply wins, all failing raises."""
+        """Announce to every replica at once; all failing raises.
+
+        The reply is the first replica's, asking for a resync (a full announce
+        next) when any replica asked for one or did not take this announce:
+        a replica that missed a partial announce would miss its changes.
+        """
         results = await asyncio.gather(
             *(
                 self._post_one(a, api.ANNOUNCE_PATH, host, api.AnnounceReply)
@@ -117,15 +122,20 @@ class SchedulerClient:
             return_exceptions=True,
         )
         errors: list[str] = []
+        replies: list[api.AnnounceReply] = []
         for address, result in zip(self.addresses, results, strict=True):
             if isinstance(result, api.AnnounceReply):
-                return result
+                replies.append(result)
+                continue
             if isinstance(result, SchedulerRejected):
                 raise result
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
             errors.append(f"{address}: {result!r}")
-        raise SchedulerUnavailable("no scheduler took the announce: " + "; ".join(errors))
+        if not replies:
+            raise SchedulerUnavailable("no scheduler took the announce: " + "; ".join(errors))
+        resync = bool(errors) or any(reply.resync for reply in replies)
+        return replies[0].model_copy(update={"resync": resync})
 
     async def register(self, req: api.RegisterTask) -> api.Schedule:
         return await self._post(req.task_id, api.REGISTER_PATH, req, api.Schedule)

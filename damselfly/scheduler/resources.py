@@ -2,8 +2,8 @@
 
 Synchronous and free of I/O so the service (and the benchmark) can drive it
 directly; the clock is injected so expiry is testable. Everything a restarted
-scheduler needs is re-sent by peers (announces carry what each host holds), so
-nothing here is persisted.
+scheduler needs is re-sent by peers (a host it does not know is asked for a full
+announce of what it holds), so nothing here is persisted.
 """
 
 from __future__ import annotations
@@ -120,6 +120,18 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnounceOutcome:
+    """Digest conflicts in an announce, and whether the host must announce in full.
+
+    A partial announce from a host this scheduler does not know (it restarted,
+    or expired the host) says nothing of the tasks that did not change.
+    """
+
+    conflicts: int = 0
+    resync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class PieceOutcome:
     """Accounting from one batch of piece reports, for the metrics."""
 
@@ -168,8 +180,9 @@ class Resources:
             self.hosts[host_id] = host
         return host
 
-    def announce(self, req: AnnounceHost) -> int:
-        """Record a host heartbeat and what it holds; returns digest conflicts seen."""
+    def announce(self, req: AnnounceHost) -> AnnounceOutcome:
+        """Record a host heartbeat and what it holds (all of it, or what changed)."""
+        known = req.host_id in self.hosts and self.hosts[req.host_id].announced
         host = self._host(req.host_id)
         host.last_seen = self.clock()
         host.ip = req.ip
@@ -199,13 +212,14 @@ class Resources:
                     conflicts += 1
             if item.complete:
                 self._mark_complete(task, peer)
-        # A complete task the host no longer lists was evicted from its store.
-        for task_id in list(host.tasks - held):
+        # A complete task the host no longer holds was evicted from its store.
+        evicted = host.tasks - held if req.full else set(req.dropped) & host.tasks
+        for task_id in evicted:
             gone = self.tasks.get(task_id)
             was = gone.peers.get(host.host_id) if gone else None
             if gone is not None and was is not None and was.complete:
                 self._drop_peer(gone, host.host_id)
-        return conflicts
+        return AnnounceOutcome(conflicts, resync=not req.full and not known)
 
     def expire(self) -> list[str]:
         """Drop hosts not heard from within the TTL; they stop being parents."""

@@ -124,11 +124,13 @@ class SchedulerService:
 
     async def announce(self, request: web.Request) -> web.Response:
         req = await parse(request, api.AnnounceHost)
-        conflicts = self.resources.announce(req)
+        outcome = self.resources.announce(req)
         self.metrics.announces.inc()
-        if conflicts:
-            self.metrics.digest_conflicts.inc(conflicts)
-        return reply(api.AnnounceReply(interval_seconds=self.limits.announce_interval))
+        if outcome.conflicts:
+            self.metrics.digest_conflicts.inc(outcome.conflicts)
+        return reply(
+            api.AnnounceReply(interval_seconds=self.limits.announce_interval, resync=outcome.resync)
+        )
 
     async def register(self, request: web.Request) -> web.Response:
         req = await parse(request, api.RegisterTask)
