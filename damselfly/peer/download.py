@@ -643,7 +643,9 @@ class Download:
                 raise origin.OriginError("origin sent more bytes than the range holds")
             batch, count = pending, pending_bytes
             pending, pending_bytes = [], 0
-            await asyncio.to_thread(self._hash_and_write, digest, fd, offset + written, batch)
+            await _finish_even_if_cancelled(
+                asyncio.to_thread(self._hash_and_write, digest, fd, offset + written, batch)
+            )
             written += count
 
         async for chunk in chunks:
@@ -690,8 +692,10 @@ class Download:
                 nonlocal filled, buffered, buffered_bytes
                 batch, count = buffered, buffered_bytes
                 buffered, buffered_bytes = [], 0
-                await asyncio.to_thread(
-                    self._hash_and_write, digest, fd, number * length + filled, batch
+                await _finish_even_if_cancelled(
+                    asyncio.to_thread(
+                        self._hash_and_write, digest, fd, number * length + filled, batch
+                    )
                 )
                 filled += count
                 self.metrics.downloaded_bytes.labels(source="origin").inc(count)
@@ -764,6 +768,22 @@ def _same_validators(old: dict[str, str], new: dict[str, str]) -> bool:
         if old.get(name) or new.get(name):
             return old.get(name) == new.get(name)
     return True
+
+
+async def _finish_even_if_cancelled(work: Awaitable[None]) -> None:
+    """Await ``work``; if cancelled, still wait for it before re-raising.
+
+    A thread writing through a file descriptor cannot be stopped; the caller
+    closes that descriptor once we return, and its number could be reused by
+    another task's file while the thread still writes.
+    """
+    future = asyncio.ensure_future(work)
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
 
 
 async def _body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import BinaryIO
@@ -39,6 +41,7 @@ class ClientConnection:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         peer = writer.get_extra_info("peername")
         self.client_ip: str = peer[0] if peer else ""
+        self.method = b""  # of the request being answered
 
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
@@ -67,6 +70,7 @@ class ClientConnection:
         except ClientGone:
             return None
         if isinstance(event, h11.Request):
+            self.method = event.method
             return event
         return None
 
@@ -155,7 +159,8 @@ class ClientConnection:
         if self.body_pending():
             headers.append(("Connection", "close"))  # we won't read the rest of their body
         await self.respond(status, headers)
-        await self.send(body)
+        if self.method != b"HEAD":  # the length says what a GET would get
+            await self.send(body)
         await self.end()
 
     def _write(self, data: bytes | None) -> None:
@@ -181,7 +186,15 @@ class ClientConnection:
         return bytes(data)
 
     def abort(self) -> None:
-        """Cut the connection without finishing the response: never fake a complete body."""
+        """Cut the connection without finishing the response: never fake a complete body.
+
+        With SO_LINGER 0 the close is a reset, not a FIN: a client reading a
+        body delimited by the close (HTTP/1.0, no length) sees an error, not an end.
+        """
+        sock = self.writer.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.writer.transport.abort()
 
     async def close(self) -> None:

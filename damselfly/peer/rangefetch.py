@@ -226,12 +226,13 @@ class RangeFetcher:
     def _receive(
         response: http.client.HTTPResponse, start: int, end: int, size: int, sink: Sink
     ) -> None:
-        if response.status == 200:
+        whole = start == 0 and end == size - 1 and response.length == size
+        if response.status == 200 and not whole:
             raise RangeIgnored("origin answered 200 to a range request: it ignores Range")
-        if response.status != 206:
+        if response.status not in (200, 206):
             raise OriginError(f"origin answered {response.status} to a range request")
         content_range = response.getheader("Content-Range")
-        if parse_content_range(content_range) != (start, end, size):
+        if response.status == 206 and parse_content_range(content_range) != (start, end, size):
             raise OriginError(
                 f"origin answered Content-Range {content_range!r}, "
                 f"expected bytes {start}-{end}/{size} (object changed?)"

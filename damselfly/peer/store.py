@@ -160,6 +160,7 @@ class PieceStore:
         )
         path = self.data_path(task_id)
         path.parent.mkdir(exist_ok=True)
+        path.unlink(missing_ok=True)  # a client still reading the old file keeps its inode
         with path.open("wb") as handle:
             if size:
                 handle.truncate(size)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from aiohttp import web
 from pydantic import ValidationError
 
+from damselfly.peer.access import Refused
 from damselfly.peer.cache import Cache
 from damselfly.peer.download import Download, DownloadFailed
 from damselfly.peer.ranges import UnsatisfiableRange, parse_range
@@ -142,10 +143,13 @@ class UploadServer:
             or self.uploads_by_task.get(task_id, 0) >= self.slots_per_task
         ):
             raise web.HTTPServiceUnavailable(text="no upload slot free\n")
+        try:
+            fd = self.cache.store.open_for_read(task_id)
+        except FileNotFoundError:
+            raise web.HTTPNotFound(text=f"task {task_id} is not held here\n") from None
         self.uploads += 1
         self.uploads_by_task[task_id] = self.uploads_by_task.get(task_id, 0) + 1
         self.cache.begin_serving(task_id)
-        fd = self.cache.store.open_for_read(task_id)
         try:
             try:
                 await asyncio.to_thread(self.cache.store.verify_piece, fd, record, number)
@@ -191,5 +195,8 @@ class UploadServer:
             seed_request = api.SeedRequest.model_validate_json(await request.read())
         except ValidationError as exc:
             raise web.HTTPBadRequest(text=f"bad seed request: {exc}\n") from None
-        self.on_seed(seed_request)
+        try:
+            self.on_seed(seed_request)
+        except Refused as exc:
+            raise web.HTTPForbidden(text=f"{exc}\n") from None
         return web.Response(status=202, text="seeding\n")
