@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from damselfly import __version__
 from damselfly.configfile import ConfigError
-from damselfly.peer.access import GuardedResolver
+from damselfly.peer.access import GuardedResolver, check_upstream
 from damselfly.peer.announcer import Announcer
 from damselfly.peer.cache import Cache
 from damselfly.peer.config import PeerConfig, load_config
@@ -168,6 +168,7 @@ class Peer:
         """The scheduler asks this seed to fetch a task from the origin."""
         if self.cache.complete_record(request.task_id) is not None:
             return
+        check_upstream(request.url, self.config.proxy.allow_link_local)  # 403 if refused
         key = TaskKey(task_id=request.task_id, cache_url=request.url, sha256=request.sha256)
         log.info("seeding", extra={"task": request.task_id, "url": request.url})
         self.cache.download(key, request.url, CIMultiDict(request.headers), back_to_source=True)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 import aiohttp
+import yarl
 from multidict import CIMultiDict
 
 from damselfly.peer.access import Refused, resolve_tunnel_target
@@ -61,10 +62,15 @@ async def forward(
     metrics: PeerMetrics,
 ) -> None:
     """Forward one request upstream and its response back, nothing held whole."""
+    dropped = {"host", "expect"}  # 100-continue is answered here
+    if "Transfer-Encoding" in headers:
+        # The body arrives de-chunked and is sent on with its own framing; a
+        # Content-Length beside it would make the upstream cut or wait for it.
+        dropped.add("content-length")
     upstream_headers: CIMultiDict[str] = CIMultiDict(
         (name, value)
         for name, value in end_to_end(list(headers.items()))
-        if name.lower() not in ("host", "expect")  # 100-continue is answered here
+        if name.lower() not in dropped
     )
     has_body = conn.body_pending() and (
         "Content-Length" in headers or "Transfer-Encoding" in headers
@@ -78,7 +84,7 @@ async def forward(
     try:
         response = await session.request(
             method,
-            url,
+            yarl.URL(url, encoded=True),
             headers=upstream_headers,
             data=data,
             allow_redirects=False,

@@ -164,6 +164,8 @@ class Proxy:
         head = method == "HEAD"
         range_header, if_range = headers.get("Range"), headers.get("If-Range")
         record = self.cache.complete_record(key.task_id)
+        if record is not None and record.sha256 != key.sha256:
+            record = None  # never serve a URL-keyed entry for a digest, or the reverse
         if record is not None:
             self.metrics.cache_lookups.labels(result="hit").inc()
             await serve(conn, self.cache, record, None, head, range_header, if_range, "hit")

@@ -69,6 +69,15 @@ def task_key(
     if digest is not None:
         return TaskKey(task_id=digest, cache_url=cache_url, sha256=digest)
     material = "\n".join((cache_url, tag, application))
-    return TaskKey(
-        task_id=hashlib.sha256(material.encode()).hexdigest(), cache_url=cache_url, sha256=None
-    )
+    return TaskKey(task_id=url_task_id(material), cache_url=cache_url, sha256=None)
+
+
+def url_task_id(material: str) -> str:
+    """The id of a URL-keyed task: BLAKE2b-256, personalised, never a plain sha256.
+
+    A content-addressed task's id is the sha256 its path names, and anyone can
+    choose bytes whose sha256 is the sha256 of a given text. Were URL keys
+    sha256 too, an object made of a victim URL's key text, fetched under its
+    own digest, would be served as that URL.
+    """
+    return hashlib.blake2b(material.encode(), digest_size=32, person=b"damselfly-url").hexdigest()

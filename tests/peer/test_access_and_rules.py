@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import subprocess
 import sys
@@ -90,7 +91,12 @@ def test_link_local_targets_are_refused(processes, tmp_path) -> None:  # type: i
     with isolated_namespace() as ns:
         proxy_port, metrics_port, upload_port = free_ports(3)
         config = peer_config(
-            tmp_path / "store", proxy_port, metrics_port, upload_port, [{"regex": r"\.bin$"}]
+            tmp_path / "store",
+            proxy_port,
+            metrics_port,
+            upload_port,
+            [{"regex": r"\.bin$"}],
+            seed=True,  # the scheduler's seed requests must not get through either
         )
         config_path = tmp_path / "peer.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -139,6 +145,15 @@ def test_link_local_targets_are_refused(processes, tmp_path) -> None:  # type: i
             assert result.stdout.endswith("403"), result
         metrics = ns_curl(f"http://127.0.0.1:{metrics_port}/metrics").stdout
         assert 'damselfly_peer_refused_requests_total{reason="link_local"} 4.0' in metrics
+        seed = ns_curl(
+            "-w",
+            "%{http_code}",
+            "--json",
+            json.dumps({"taskId": "f" * 64, "url": "http://169.254.169.254/x.bin"}),
+            f"http://127.0.0.1:{upload_port}/v1/seed",
+        )
+        assert "link-local" in seed.stdout
+        assert seed.stdout.endswith("403"), seed
 
 
 def test_basic_auth_is_required_when_configured(processes, tmp_path, static_origin) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ import yaml
 
 from tests.support.origin import Origin, make_certificate, start_origin
 from tests.support.peer import PeerHandle, start_peer
+from tests.support.ports import free_port
 from tests.support.procs import wait_until
 
 MiB = 1 << 20
@@ -33,6 +34,7 @@ def origin(processes, tmp_path: Path) -> Origin:  # type: ignore[no-untyped-def]
     (root / "files").mkdir(parents=True)
     (root / "files" / "big.bin").write_bytes(os.urandom(SIZE))
     (root / "files" / "small.txt").write_bytes(b"small object\n")
+    (root / "files" / "empty.txt").write_bytes(b"")
     return start_origin(processes, root)
 
 
@@ -105,6 +107,44 @@ def test_miss_then_hit_serves_identical_bytes_and_spares_the_origin(
     assert peer.metric("damselfly_peer_cache_lookups_total", result="hit") == 1
     assert peer.metric("damselfly_peer_served_bytes_total", source="local") == SIZE
     assert peer.metric("damselfly_peer_downloaded_bytes_total", source="origin") == SIZE
+
+
+def test_an_empty_object_is_a_200_with_no_body_and_is_cached(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    # The origin answers the peer's one-byte stat with 416 "bytes */0".
+    url = origin.url("files/empty.txt")
+    code, head = fetch(peer, url, tmp_path / "h", "-I")
+    assert code == 0
+    assert (head[":status"], head["content-length"]) == ("200", "0")
+    for state in ("miss", "hit"):
+        code, headers = fetch(peer, url, tmp_path / f"{state}.txt")
+        assert code == 0
+        assert (headers[":status"], headers["content-length"]) == ("200", "0")
+        assert headers["x-damselfly-cache"] == state
+        assert (tmp_path / f"{state}.txt").read_bytes() == b""
+    assert origin.hits("files/empty.txt") == 2  # the HEAD's stat and the miss's
+
+
+def test_a_head_answered_by_the_proxy_itself_is_a_clean_reply(
+    peer: PeerHandle, tmp_path: Path
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/files/gone.bin"  # nothing listens there
+    code, headers = fetch(peer, closed, tmp_path / "h", "-I")
+    assert code == 0  # not a reset after the headers
+    assert headers[":status"] == "502"
+
+
+def test_the_upstream_gets_the_url_as_the_client_wrote_it(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    # Signatures are computed over these bytes: %2F and %21 must not be decoded.
+    code, headers = fetch(peer, origin.url("files/small.txt") + "?sig=AK%2F1%21", tmp_path / "s")
+    assert code == 0
+    assert headers[":status"] == "200"
+    queries = [r["query"] for r in origin.requests("files/small.txt")]
+    assert queries
+    assert queries == ["sig=AK%2F1%21"] * len(queries)
 
 
 def test_presigned_urls_with_fresh_signatures_share_one_entry(
@@ -307,7 +347,8 @@ def test_restart_keeps_the_cache_and_catches_corruption(
     assert sha256_file(tmp_path / "4.bin") == expected
 
 
-@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+# "both": a Content-Length beside chunked framing, which chunked overrides (RFC 9112 6.3)
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "both"])
 def test_uploads_pass_through_with_their_body_and_are_never_cached(
     peer: PeerHandle, origin: Origin, tmp_path: Path, framing: str
 ) -> None:
@@ -315,7 +356,8 @@ def test_uploads_pass_through_with_their_body_and_are_never_cached(
     body = tmp_path / "upload.bin"
     body.write_bytes(os.urandom(3 * MiB + 1))
     url = origin.url("files/upload.bin", echo=1)
-    extra = ["-H", "Transfer-Encoding: chunked"] if framing == "chunked" else []
+    extra = ["-H", "Transfer-Encoding: chunked"] if framing != "content-length" else []
+    extra += ["-H", "Content-Length: 5"] if framing == "both" else []
     for method in ("POST", "PUT"):
         result = subprocess.run(
             [
@@ -342,7 +384,7 @@ def test_uploads_pass_through_with_their_body_and_are_never_cached(
         assert echoed["length"] == body.stat().st_size
         assert echoed["sha256"] == sha256_file(body)
         assert echoed["headers"]["Authorization"] == "Bearer t0ken"
-        if framing == "chunked":
+        if framing != "content-length":
             assert echoed["transferEncoding"] == "chunked"
         else:
             assert echoed["contentLength"] == str(body.stat().st_size)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from pydantic import ValidationError
 
@@ -226,3 +228,14 @@ def test_errors_read_as_one_line() -> None:
             return "<RawResponseMessage(version=HttpVersion(major=1, minor=0), code=200)>"
 
     assert describe_error(ParsedMessageError()) == "ParsedMessageError"
+
+
+def test_no_object_can_take_the_task_id_of_a_url() -> None:
+    """An object made of a URL's key text, fetched under its own sha256, stays its own entry."""
+    victim = task_key("http://hub.example/org/model/resolve/main/config.json", DEFAULTS)
+    forged = "\n".join((victim.cache_url, "", "")).encode()
+    attacker = task_key(
+        f"http://lfs.example/objects/{hashlib.sha256(forged).hexdigest()}", DEFAULTS
+    )
+    assert attacker.sha256 is not None
+    assert attacker.task_id != victim.task_id

@@ -118,7 +118,7 @@ class OriginApp:
     def _record(self, path: str, request: web.Request) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "method": request.method,
-            "query": request.query_string,
+            "query": request.rel_url.raw_query_string,  # as sent, not decoded
             "range": request.headers.get("Range"),
             "accept_encoding": request.headers.get("Accept-Encoding"),
             "status": None,
