@@ -106,7 +106,7 @@ class ClientConnection:
         response = h11.Response(
             status_code=status,
             headers=[(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers],
-            reason=reason.encode("latin-1"),
+            reason=reason.encode("latin-1", "replace"),
         )
         self._write(self.h11.send(response))
         await self._drain()

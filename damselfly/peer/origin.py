@@ -88,9 +88,18 @@ def not_cacheable(cache_control: str | None) -> str | None:
 
 
 def stored_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
-    return {
-        name: response.headers[name] for name in STORED_RESPONSE_HEADERS if name in response.headers
-    }
+    """The headers replayed on hits, as latin-1 text of their raw bytes.
+
+    aiohttp decodes header values as UTF-8; sent back as latin-1 a non-ASCII
+    filename in Content-Disposition would change its bytes or fail to encode.
+    """
+    wanted = {name.lower(): name for name in STORED_RESPONSE_HEADERS}
+    stored: dict[str, str] = {}
+    for raw_name, raw_value in response.raw_headers:
+        name = wanted.get(raw_name.decode("latin-1").lower())
+        if name is not None and name not in stored:
+            stored[name] = raw_value.decode("latin-1")
+    return stored
 
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:

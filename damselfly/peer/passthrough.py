@@ -89,7 +89,7 @@ async def forward(
             data=data,
             allow_redirects=False,
             auto_decompress=False,
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
         )
     except ClientGone:
         raise
@@ -119,7 +119,11 @@ async def tunnel(
     if port not in allowed_ports:
         raise Refused(403, "connect_port", f"CONNECT to port {port} is not allowed")
     loop = asyncio.get_running_loop()
-    address = await resolve_tunnel_target(loop, host, port, allow_link_local)
+    try:
+        address = await resolve_tunnel_target(loop, host, port, allow_link_local)
+    except OSError as exc:  # the name does not resolve
+        await conn.simple(502, f"damselfly: cannot resolve {host}: {describe_error(exc)}")
+        return
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(address, port), connect_timeout

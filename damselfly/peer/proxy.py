@@ -84,7 +84,7 @@ class Proxy:
         method = request.method.decode("ascii")
         target = request.target.decode("latin-1")
         headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+            (name.decode("latin-1"), _header_text(value)) for name, value in request.headers
         )
         try:
             self._check_access(conn, headers)
@@ -231,3 +231,11 @@ async def _drain(conn: ClientConnection) -> None:
     """Read (and drop) a request body we do not forward, so the connection can go on."""
     async for _ in conn.body():
         pass
+
+
+def _header_text(value: bytes) -> str:
+    """A request header value as text that aiohttp (which writes UTF-8) sends back as it came."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")

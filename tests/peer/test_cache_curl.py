@@ -35,6 +35,7 @@ def origin(processes, tmp_path: Path) -> Origin:  # type: ignore[no-untyped-def]
     (root / "files" / "big.bin").write_bytes(os.urandom(SIZE))
     (root / "files" / "small.txt").write_bytes(b"small object\n")
     (root / "files" / "empty.txt").write_bytes(b"")
+    (root / "files" / "modèle-Ж.txt").write_bytes(b"named in UTF-8\n")
     return start_origin(processes, root)
 
 
@@ -133,6 +134,26 @@ def test_a_head_answered_by_the_proxy_itself_is_a_clean_reply(
     code, headers = fetch(peer, closed, tmp_path / "h", "-I")
     assert code == 0  # not a reset after the headers
     assert headers[":status"] == "502"
+
+
+def test_non_ascii_header_bytes_reach_both_ends_unchanged(
+    peer: PeerHandle, origin: Origin, tmp_path: Path
+) -> None:
+    url = origin.url("files/mod%C3%A8le-%D0%96.txt")
+    for state in ("miss", "hit"):
+        code, headers = fetch(peer, url, tmp_path / f"{state}.txt")
+        assert code == 0
+        assert headers["x-damselfly-cache"] == state
+        assert headers["content-disposition"] == 'attachment; filename="modèle-Ж.txt"'
+    echo = origin.url("files/upload.bin", echo=1)
+    result = subprocess.run(
+        ["curl", "-sS", "-x", peer.proxy_url, "-X", "POST", "-d", "x", "-H", "X-Name: Ж", echo],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    echoed = {k.lower(): v for k, v in json.loads(result.stdout)["headers"].items()}
+    assert echoed["x-name"] == "Ж"
 
 
 def test_the_upstream_gets_the_url_as_the_client_wrote_it(

@@ -180,6 +180,8 @@ class OriginApp:
             + '"',
             "Last-Modified": formatdate(stat.st_mtime, usegmt=True),
             "Vary": "Accept-Encoding",
+            # The name as UTF-8 bytes, as many servers send it (not RFC 5987)
+            "Content-Disposition": f'attachment; filename="{target.name}"',
         }
         ignore_range = any(k in flags for k in ("norange", "chunked"))
         start, end, status = 0, size - 1, 200
