@@ -136,9 +136,9 @@ class Cache:
             self.update_gauges()
         return len(evictions)
 
-    def drop(self, task_id: str, reason: str) -> None:
-        """Remove a task whose stored bytes cannot be trusted."""
-        self.store.delete(task_id)
+    def drop(self, record: TaskRecord, reason: str) -> None:
+        """Remove a task whose stored bytes cannot be trusted (that generation of it only)."""
+        self.store.delete(record.task_id, record.created)
         self.metrics.gc_evicted.labels(reason=reason).inc()
         self.update_gauges()
 

@@ -663,7 +663,7 @@ class Download:
         self, record: TaskRecord, number: int, length: int, digest: str, source: str = "origin"
     ) -> None:
         self._sources[number] = source
-        self.store.record_piece(record.task_id, number, length, digest)
+        self.store.record_piece(record, number, length, digest)
         record.pieces[number] = digest
         self._done.add(number)
         if self._object_hash is not None:
@@ -749,7 +749,7 @@ class Download:
         actual = await self._object_hash.finish(self._done)
         if actual != record.sha256:
             self.metrics.integrity_failures.labels(kind="object").inc()
-            self.store.delete(record.task_id)
+            self.store.delete(record.task_id, record.created)
             raise DownloadFailed(
                 f"object sha256 is {actual}, expected {record.sha256}: entry dropped"
             )

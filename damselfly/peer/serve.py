@@ -180,9 +180,7 @@ class PieceChecks:
         self.running: dict[int, asyncio.Future[None]] = {}
 
     def _needs_check(self, number: int) -> bool:
-        return number in self.record.pieces and not self.store.is_verified(
-            self.record.task_id, number
-        )
+        return number in self.record.pieces and not self.store.is_verified(self.record, number)
 
     def start(self, numbers: Iterable[int]) -> None:
         for number in numbers:
@@ -215,6 +213,6 @@ def _fail(conn: ClientConnection, cache: Cache, record: TaskRecord, exc: Excepti
     if isinstance(exc, PieceCorrupt):
         cache.metrics.integrity_failures.labels(kind="piece").inc()
         if record.complete:
-            cache.drop(record.task_id, "corrupt")
+            cache.drop(record, "corrupt")
     log.warning("aborting client response", extra={"task": record.task_id, "error": str(exc)})
     conn.abort()

@@ -97,7 +97,7 @@ class PieceStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        self._verified: set[tuple[str, int]] = set()
+        self._verified: set[tuple[str, float, int]] = set()  # task, created, piece
         self._remove_orphan_files()
 
     def close(self) -> None:
@@ -167,12 +167,13 @@ class PieceStore:
         self._forget_verified(task_id)
         return TaskRecord(task_id, url, size, piece_length, False, sha256, headers, now, now)
 
-    def record_piece(self, task_id: str, number: int, length: int, digest: str) -> None:
+    def record_piece(self, record: TaskRecord, number: int, length: int, digest: str) -> None:
+        """A piece just written and hashed: its digest, and known good in this generation."""
         self._db.execute(
             "INSERT OR REPLACE INTO pieces (task_id, number, length, digest) VALUES (?, ?, ?, ?)",
-            (task_id, number, length, digest),
+            (record.task_id, number, length, digest),
         )
-        self._verified.add((task_id, number))
+        self._verified.add((record.task_id, record.created, number))
 
     def set_size(self, task_id: str, size: int) -> None:
         """For bodies of unknown length: the size, learnt at the end."""
@@ -187,8 +188,20 @@ class PieceStore:
     def touch(self, task_id: str) -> None:
         self._db.execute("UPDATE tasks SET accessed = ? WHERE task_id = ?", (time.time(), task_id))
 
-    def delete(self, task_id: str) -> None:
-        self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+    def delete(self, task_id: str, created: float | None = None) -> None:
+        """Forget a task and its data; with ``created``, only that generation of it.
+
+        A reader of an older generation that finds it corrupt must not delete
+        the download that has meanwhile replaced it.
+        """
+        if created is None:
+            cursor = self._db.execute("DELETE FROM tasks WHERE task_id = ?", (task_id,))
+        else:
+            cursor = self._db.execute(
+                "DELETE FROM tasks WHERE task_id = ? AND created = ?", (task_id, created)
+            )
+        if created is not None and not cursor.rowcount:
+            return
         self.data_path(task_id).unlink(missing_ok=True)
         self._forget_verified(task_id)
 
@@ -236,12 +249,13 @@ class PieceStore:
         """The data file as an unbuffered file object (for sendfile)."""
         return self.data_path(task_id).open("rb", buffering=0)
 
-    def is_verified(self, task_id: str, number: int) -> bool:
-        return (task_id, number) in self._verified
+    def is_verified(self, record: TaskRecord, number: int) -> bool:
+        return (record.task_id, record.created, number) in self._verified
 
     def verify_piece(self, fd: int, record: TaskRecord, number: int) -> None:
-        """Check a piece read back from disk against its digest, once per process run."""
-        if (record.task_id, number) in self._verified:
+        """Check a piece read back from disk against its digest, once per process run
+        and generation of the task (a re-download's pieces say nothing of the old file)."""
+        if self.is_verified(record, number):
             return
         piece = record.piece(number)
         expected = record.pieces.get(number)
@@ -250,7 +264,7 @@ class PieceStore:
             digest.update(chunk)
         if digest.digest() != expected:
             raise PieceCorrupt(f"task {record.task_id} piece {number} does not match its digest")
-        self._verified.add((record.task_id, number))
+        self._verified.add((record.task_id, record.created, number))
 
 
 def read_chunks(fd: int, offset: int, length: int, chunk: int = READ_CHUNK) -> Iterator[bytes]:

@@ -156,7 +156,7 @@ class UploadServer:
             except PieceCorrupt:
                 self.cache.metrics.integrity_failures.labels(kind="piece").inc()
                 if record.complete:
-                    self.cache.drop(task_id, "corrupt")
+                    self.cache.drop(record, "corrupt")
                 raise web.HTTPNotFound(text=f"piece {number} failed its check here\n") from None
             response = web.StreamResponse(
                 status=206,

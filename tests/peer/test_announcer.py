@@ -40,9 +40,11 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 def cache(tmp_path: Path, session: aiohttp.ClientSession) -> Cache:
     store = PieceStore(tmp_path / "store", 1 << 40)
     for task_id, pieces in HELD.items():
-        store.begin(task_id, f"http://origin.test/{task_id}", pieces * PIECE, PIECE, None, {})
+        record = store.begin(
+            task_id, f"http://origin.test/{task_id}", pieces * PIECE, PIECE, None, {}
+        )
         for number in range(pieces):
-            store.record_piece(task_id, number, PIECE, f"blake3:{number:064x}")
+            store.record_piece(record, number, PIECE, f"blake3:{number:064x}")
         store.mark_complete(task_id)
     fetcher = RangeFetcher(ssl.create_default_context(), False, 5.0, 5.0)
     return Cache(store, StorageSection(dir=str(tmp_path)), session, fetcher, PeerMetrics())

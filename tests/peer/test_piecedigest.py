@@ -44,7 +44,7 @@ def test_stored_pieces_verify_and_a_flipped_byte_is_caught(tmp_path: Path, era: 
         os.close(fd)
         recorded = hashlib.sha256(data).hexdigest() if era.startswith("sha256") else None
         recorded = recorded or digest_of(data)
-        store.record_piece(record.task_id, 0, len(data), recorded)
+        store.record_piece(record, 0, len(data), recorded)
         store.close()
         store = PieceStore(tmp_path / "store", quota=8 * MiB)  # a restart: nothing verified yet
         stored = store.get(record.task_id)
@@ -61,5 +61,33 @@ def test_stored_pieces_verify_and_a_flipped_byte_is_caught(tmp_path: Path, era: 
         with pytest.raises(PieceCorrupt):
             store.verify_piece(fd, stored, 0)
         os.close(fd)
+    finally:
+        store.close()
+
+
+def test_a_reader_of_an_old_generation_neither_trusts_nor_deletes_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A client still reading a dropped file, while the task downloads anew.
+
+    The new download's pieces are known good, but they say nothing of the old
+    file that client reads; and that client finding the old file corrupt must
+    not delete the new download.
+    """
+    data = os.urandom(MiB)
+    store = PieceStore(tmp_path / "store", quota=8 * MiB)
+    try:
+        old = store.begin("t" * 64, "http://o/x", len(data), 4 * MiB, None, {})
+        store.record_piece(old, 0, len(data), digest_of(data))
+        new = store.begin(old.task_id, "http://o/x", len(data), 4 * MiB, None, {})
+        assert new.created != old.created
+        store.record_piece(new, 0, len(data), digest_of(data))
+        assert store.is_verified(new, 0)
+        assert not store.is_verified(old, 0)  # the old file is checked before it is sent
+        store.delete(old.task_id, old.created)  # what dropping the old generation does
+        assert store.get(new.task_id) is not None
+        assert store.data_path(new.task_id).exists()
+        store.delete(new.task_id, new.created)
+        assert store.get(new.task_id) is None
     finally:
         store.close()
