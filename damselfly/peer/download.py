@@ -302,7 +302,15 @@ class Download:
             and previous.piece_length == length
             and _same_validators(previous.headers, headers)
         ):
-            log.info("resuming", extra={"task": self.key.task_id, "pieces": len(previous.pieces)})
+            # Resumed pieces are checked, not trusted: a crash can lose data writes.
+            bad = await asyncio.to_thread(self.store.failing_pieces, previous)
+            if bad:
+                self.store.forget_pieces(previous, bad)
+                self.metrics.integrity_failures.labels(kind="piece").inc(len(bad))
+            log.info(
+                "resuming",
+                extra={"task": self.key.task_id, "pieces": len(previous.pieces), "bad": bad},
+            )
             self._use_record(previous)
             self._done = set(previous.pieces)
             return previous

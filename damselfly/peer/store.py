@@ -175,6 +175,29 @@ class PieceStore:
         )
         self._verified.add((record.task_id, record.created, number))
 
+    def failing_pieces(self, record: TaskRecord) -> list[int]:
+        """The stored pieces of ``record`` whose bytes fail their digest (reads only: a thread
+        may run it). After a crash the data file may lack writes its metadata recorded."""
+        bad: list[int] = []
+        fd = self.open_for_read(record.task_id)
+        try:
+            for number in sorted(record.pieces):
+                try:
+                    self.verify_piece(fd, record, number)
+                except PieceCorrupt:
+                    bad.append(number)
+        finally:
+            os.close(fd)
+        return bad
+
+    def forget_pieces(self, record: TaskRecord, numbers: list[int]) -> None:
+        """Pieces to fetch again: no longer recorded as stored."""
+        for number in numbers:
+            self._db.execute(
+                "DELETE FROM pieces WHERE task_id = ? AND number = ?", (record.task_id, number)
+            )
+            del record.pieces[number]
+
     def set_size(self, task_id: str, size: int) -> None:
         """For bodies of unknown length: the size, learnt at the end."""
         self._db.execute("UPDATE tasks SET size = ? WHERE task_id = ?", (size, task_id))

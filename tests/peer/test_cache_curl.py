@@ -498,10 +498,14 @@ def slow_download_with_a_piece_stored(
         client.wait()
 
 
+# "lost write": the crash took bytes the metadata had recorded (a byte flipped in a
+# stored piece); the resumed download must fetch that piece again, not trust it.
+@pytest.mark.parametrize("lost_write", [False, True], ids=["intact", "lost-write"])
 def test_a_download_killed_mid_way_resumes_after_restart(
     processes,
     origin: Origin,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    lost_write: bool,  # type: ignore[no-untyped-def]
 ) -> None:
     with slow_download_with_a_piece_stored(processes, origin, tmp_path, 2 * MiB) as (peer, oid):
         peer.proc.kill()  # a crash: no clean shutdown
@@ -510,6 +514,14 @@ def test_a_download_killed_mid_way_resumes_after_restart(
         complete = db.execute("SELECT complete FROM tasks WHERE task_id = ?", (oid,)).fetchone()
     assert stored, "the crash came before any piece was stored"
     assert complete == (0,), "the download finished before the crash"
+    if lost_write:
+        damaged = min(stored)
+        with (peer.store_dir / "data" / oid[:2] / oid).open("r+b") as data:
+            data.seek(damaged * 4 * MiB + 7)
+            byte = data.read(1)
+            data.seek(damaged * 4 * MiB + 7)
+            data.write(bytes([byte[0] ^ 0xFF]))
+        stored.discard(damaged)
     origin.reset()
     config = yaml.safe_load(peer.config_path.read_text())
     again = start_peer(processes, tmp_path, config=config, name="peer-restarted")
