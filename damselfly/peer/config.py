@@ -72,6 +72,12 @@ class ProxySection(_Section):
     )
     upstream_connect_timeout: Seconds = 10.0
     upstream_read_timeout: Seconds = 60.0
+    request_head_timeout: Seconds = Field(
+        default=60.0,
+        description="A client connection that brings no complete request head within this "
+        "long (idle keep-alive included) is closed, so idle or slow clients cannot hold "
+        "sockets forever.",
+    )
 
     @field_validator("allowed_client_cidrs")
     @classmethod

@@ -35,8 +35,14 @@ class ClientGone(Exception):
 
 
 class ClientConnection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head_timeout: float | None = None,
+    ) -> None:
         self.reader = reader
+        self.head_timeout = head_timeout
         self.writer = writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         peer = writer.get_extra_info("peername")
@@ -60,14 +66,16 @@ class ClientConnection:
             return event  # type: ignore[return-value]
 
     async def next_request(self) -> h11.Request | None:
-        """The next request on this connection, or None when the client is done."""
+        """The next request on this connection, or None when the client is done
+        (or sent no complete request head within ``head_timeout``)."""
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
             self.h11.start_next_cycle()
         if self.h11.their_state is not h11.IDLE:
             return None
         try:
-            event = await self._next_event()
-        except ClientGone:
+            async with asyncio.timeout(self.head_timeout):
+                event = await self._next_event()
+        except (ClientGone, TimeoutError):
             return None
         if isinstance(event, h11.Request):
             self.method = event.method

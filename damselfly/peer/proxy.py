@@ -57,7 +57,7 @@ class Proxy:
     async def handle_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = ClientConnection(reader, writer)
+        conn = ClientConnection(reader, writer, self.config.request_head_timeout)
         try:
             while True:
                 request = await conn.next_request()

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,24 @@ def test_rules_file_reloads_without_restart_and_bad_files_keep_the_last_good(
 
     (rules_dir / "rules.yaml").write_text("rules: []\n")
     wait_until(lambda: cache_header(peer, url) == "passthrough", 10, "rule removed")
+
+
+def test_a_client_that_never_finishes_its_request_head_is_disconnected(
+    processes, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Slow or idle clients cannot hold the proxy's sockets forever (slowloris)."""
+    peer = start_peer(processes, tmp_path, proxy={"requestHeadTimeout": 1})
+    with socket.create_connection(("127.0.0.1", peer.proxy_port), timeout=10) as sock:
+        sock.sendall(b"GET http://127.0.0.1/files/x HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        began = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the peer, not answered
+        assert time.monotonic() - began < 8
+    # A complete request still gets its answer, and an idle keep-alive ends the same way.
+    with socket.create_connection(("127.0.0.1", peer.proxy_port), timeout=10) as sock:
+        sock.sendall(b"GET http://127.0.0.1:1/nothing HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 502")
+        while chunk := sock.recv(4096):  # the rest of the reply, then the close
+            answer += chunk
