@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 import aiohttp
 import h11
@@ -109,6 +110,11 @@ class Proxy:
                 "damselfly: this is an HTTP proxy; send absolute-form requests "
                 "(e.g. curl -x http://this-node:65001 http://host/path)",
             )
+            return
+        problem = _url_problem(target)
+        if problem is not None:
+            await _drain(conn)
+            await conn.simple(400, f"damselfly: {target!r} is not a usable URL: {problem}")
             return
         match = self.rules.current.match(target) if method in ("GET", "HEAD") else None
         try:
@@ -239,3 +245,13 @@ def _header_text(value: bytes) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return value.decode("latin-1")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be fetched (no host, a broken IPv6 literal or port), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        return str(exc)
+    return None if parts.hostname else "it names no host"

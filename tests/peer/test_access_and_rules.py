@@ -283,3 +283,15 @@ def test_a_client_that_never_finishes_its_request_head_is_disconnected(
         assert answer.startswith(b"HTTP/1.1 502")
         while chunk := sock.recv(4096):  # the rest of the reply, then the close
             answer += chunk
+
+
+def test_a_target_that_is_no_url_is_a_400_naming_it(processes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    peer = start_peer(processes, tmp_path)
+    for target in (b"http://[abc/x", b"http://host:99999/x", b"http:///x"):
+        with socket.create_connection(("127.0.0.1", peer.proxy_port), timeout=10) as sock:
+            sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        assert b"is not a usable URL" in answer
