@@ -13,7 +13,12 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-_LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+_LINK_LOCAL = (
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    # Not link-local, but where AWS serves instance metadata over IPv6 (IMDS).
+    ipaddress.ip_network("fd00:ec2::254/128"),
+)
 
 
 class Refused(Exception):

@@ -58,7 +58,8 @@ class ProxySection(_Section):
         description="Ports CONNECT may reach; the proxy is not an open relay.",
     )
     allow_link_local: bool = Field(
-        default=False, description="Allow 169.254.0.0/16 and fe80::/10 (cloud metadata)."
+        default=False,
+        description="Allow 169.254.0.0/16, fe80::/10 and fd00:ec2::254 (cloud metadata).",
     )
     allowed_client_cidrs: list[str] = Field(
         default_factory=list, description="Clients allowed to use the proxy; empty = any."

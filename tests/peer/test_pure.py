@@ -239,3 +239,12 @@ def test_no_object_can_take_the_task_id_of_a_url() -> None:
     )
     assert attacker.sha256 is not None
     assert attacker.task_id != victim.task_id
+
+
+def test_metadata_addresses_count_as_link_local() -> None:
+    from damselfly.peer.access import is_link_local
+
+    for address in ("169.254.169.254", "fe80::1%eth0", "::ffff:169.254.169.254", "fd00:ec2::254"):
+        assert is_link_local(address), address
+    for address in ("10.0.0.1", "fd00:ec2::253", "127.0.0.1", "example.com"):
+        assert not is_link_local(address), address
