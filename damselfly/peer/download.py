@@ -224,11 +224,22 @@ class Download:
                 self._report_result(None, f"origin answered {status}")
                 return
         await self._verify_object(record)
+        if not self.complete:  # held back for verification, or the object has no pieces
+            self._complete(record)
+            await self._notify()
+        self._report_result(record, None)
+
+    def _complete(self, record: TaskRecord) -> None:
+        """Complete in the store, then the last piece may go out: whoever asks after the
+        first client's last byte finds a complete task (a hit), not a download closing."""
         self.store.mark_complete(record.task_id)
+        record.complete = True
         self.complete = True
         self._held_back = None
-        await self._notify()
-        self._report_result(record, None)
+
+    def _all_stored(self, record: TaskRecord) -> bool:
+        total = record.total_pieces
+        return total is not None and len(self._done) >= total and set(range(total)) <= self._done
 
     async def _download_from_origin(self) -> TaskRecord | None:
         result = await origin.stat(self.session, self.url, self.headers)
@@ -332,6 +343,8 @@ class Download:
         total = record.total_pieces or 0
         if self.key.sha256 is not None and total:
             self._held_back = total - 1
+        elif self._object_hash is None and self._all_stored(record):
+            self._complete(record)  # resumed with every piece stored, or an empty object
         in_flight: set[int] = set()
         failures: dict[int, int] = {}
         fd = self.store.open_for_write(record.task_id)
@@ -404,8 +417,10 @@ class Download:
                 )
             body = _ExactReader(_body(result.response))
             fd = self.store.open_for_write(record.task_id)
+            total = record.total_pieces or 0
+            final: tuple[int, int, str] | None = None  # released once the body ends right
             try:
-                for number in range(record.total_pieces or 0):
+                for number in range(total):
                     piece = record.piece(number)
                     chunks = body.take(piece.length)
                     if number in self._done:
@@ -422,10 +437,16 @@ class Download:
                             f"is {expected}: the object changed"
                         )
                     self.metrics.downloaded_bytes.labels(source="origin").inc(piece.length)
+                    if set(range(total)) - self._done == {number}:
+                        final = (number, piece.length, digest)
+                        continue
                     await self._piece_done(record, number, piece.length, digest)
                     self._report_piece(piece, digest, 0.0, None)
                 if await body.more():
                     raise DownloadFailed(f"origin sent more than the object's {record.size} bytes")
+                if final is not None:
+                    await self._piece_done(record, *final)
+                    self._report_piece(record.piece(final[0]), final[2], 0.0, None)
             finally:
                 os.close(fd)
         finally:
@@ -668,14 +689,25 @@ class Download:
         return digest.digest()
 
     async def _piece_done(
-        self, record: TaskRecord, number: int, length: int, digest: str, source: str = "origin"
+        self,
+        record: TaskRecord,
+        number: int,
+        length: int,
+        digest: str,
+        source: str = "origin",
+        may_complete: bool = True,
     ) -> None:
+        """A piece is stored. The one that completes an object needing no verification
+        completes the task before any client can be sent it (``may_complete`` False:
+        the caller still has checks to make, and this is not the last piece anyway)."""
         self._sources[number] = source
         self.store.record_piece(record, number, length, digest)
         record.pieces[number] = digest
         self._done.add(number)
         if self._object_hash is not None:
             self._object_hash.advance(self._done)
+        elif may_complete and self._held_back is None and self._all_stored(record):
+            self._complete(record)
         self._last_progress = time.monotonic()
         await self._notify()
 
@@ -712,7 +744,9 @@ class Download:
                 view = memoryview(chunk)
                 while view:
                     if pending is not None:
-                        await self._piece_done(record, pending[0], length, pending[1])
+                        await self._piece_done(
+                            record, pending[0], length, pending[1], may_complete=False
+                        )
                         self._report_piece(record.piece(pending[0]), pending[1], 0.0, None)
                         pending = None
                     take = view[: length - filled - buffered_bytes]

@@ -62,6 +62,8 @@ async def serve(
         await download.wait_complete()  # a range of a body of unknown length: wait for all
     if record.size is None:
         raise DownloadFailed("download ended without a size")
+    if record.size == 0 and download is not None:
+        await download.wait_complete()  # no piece to wait for: the body is over at once
     headers = object_headers(record, cache_state)
     try:
         wanted = effective_range(range_header, if_range, record)
