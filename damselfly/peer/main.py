@@ -34,6 +34,7 @@ from damselfly.peer.rangefetch import RangeFetcher
 from damselfly.peer.rules import CompiledRules, RuleSet
 from damselfly.peer.rulesource import RulesSource
 from damselfly.peer.store import PieceStore
+from damselfly.peer.storecheck import StoreUnusable, check_store_dir
 from damselfly.peer.taskid import TaskKey
 from damselfly.peer.upload import UploadServer
 from damselfly.scheduler import api
@@ -62,7 +63,8 @@ class Peer:
 
     async def start(self) -> None:
         storage = Path(self.config.storage.dir)
-        self.store = PieceStore(storage, self.config.storage.quota)  # creates the directory
+        check_store_dir(storage)  # creates it; StoreUnusable says what to fix
+        self.store = PieceStore(storage, self.config.storage.quota)
         self.session = self._client_session()
         self.fetcher = RangeFetcher(
             self._upstream_tls(),
@@ -283,14 +285,31 @@ async def run_until_signalled(config: PeerConfig) -> None:
         await peer.stop()
 
 
+# Where Kubernetes looks for a container's last words (terminationMessagePath): what
+# is written there shows in the pod's status as the last termination message.
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def fail(message: str) -> int:
+    """A start-up failure the user must fix: one line on stderr (and to Kubernetes)."""
+    print(f"damselfly peer: {message}", file=sys.stderr)
+    path = os.environ.get("DAMSELFLY_TERMINATION_LOG", TERMINATION_LOG)
+    if os.path.exists(path):
+        with contextlib.suppress(OSError), open(path, "w") as log_file:
+            log_file.write(message + "\n")
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"damselfly peer: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     if args.seed:
         config = config.model_copy(update={"seed": True})
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_until_signalled(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_until_signalled(config))
+    except StoreUnusable as exc:
+        return fail(str(exc))
     return 0

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from damselfly.peer.piecedigest import PieceHasher
 from damselfly.peer.pieces import Piece, piece_at, piece_count
+from damselfly.peer.storecheck import StoreUnusable, identity
 
 READ_CHUNK = 1 << 20
 IOV_BATCH = 512  # well under IOV_MAX (1024 on Linux)
@@ -92,11 +93,18 @@ class PieceStore:
         self.quota = quota
         self.data_dir = root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)  # and root with it
-        self._db = sqlite3.connect(root / "store.db", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        db_path = root / "store.db"
+        try:
+            self._db = sqlite3.connect(db_path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreUnusable(
+                f"{db_path} (the store's database) cannot be used by the peer ({identity()}): "
+                f"{exc}; if it is damaged, remove it and the data directory next to it"
+            ) from None
         self._verified: set[tuple[str, float, int]] = set()  # task, created, piece
         self._remove_orphan_files()
 

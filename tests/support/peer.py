@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,16 @@ def start_peer(
     name: str = "peer",
     rule_list: list[dict[str, Any]] | None = None,
     host: str = "127.0.0.1",
+    command_prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
     **overrides: Any,
 ) -> PeerHandle:
-    """Start a peer and wait until its proxy and metrics endpoints answer."""
+    """Start a peer and wait until its proxy and metrics endpoints answer.
+
+    ``command_prefix`` goes before the command (e.g. setpriv, to run as another user);
+    ``env`` adds to the environment, ``cwd`` is the working directory.
+    """
     proxy_port, metrics_port, upload_port = free_ports(3)
     store_dir = tmp_path / f"{name}-store"
     if config is None:
@@ -91,6 +99,7 @@ def start_peer(
     proc = processes.start(
         name,
         [
+            *command_prefix,
             sys.executable,
             "-m",
             "damselfly.cli",
@@ -100,6 +109,8 @@ def start_peer(
             "-c",
             str(config_path),
         ],
+        env=env,
+        cwd=cwd,
     )
     wait_until(http_ok(f"http://127.0.0.1:{metrics_port}/readyz"), 30, f"{name} ready", proc=proc)
     return PeerHandle(proc, config_path, store_dir, proxy_port, metrics_port, host=host)
