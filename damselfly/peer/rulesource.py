@@ -107,9 +107,7 @@ class RulesSource:
         """Render, re-parse, compile and swap in ``ruleset``; RulesRejected leaves the old."""
         text = render_effective(self.config, ruleset, source)
         compiled = compile_effective(text, source)
-        tmp = self.effective_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.effective_path)
+        self._write_effective(text)
         self.holder.current = compiled
         self.status = RulesStatus(compiled.digest, len(compiled), source, time.time())
         self.metrics.rule_reloads.inc()
@@ -118,6 +116,19 @@ class RulesSource:
             "rules loaded",
             extra={"source": source, "rules": len(compiled), "hash": compiled.digest},
         )
+
+    def _write_effective(self, text: str) -> None:
+        """Keep the rendered config on disk for people to read. It is a record, not the
+        rules: a full disk or a lost volume must not keep a new rules version out."""
+        tmp = self.effective_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(text)
+            tmp.replace(self.effective_path)
+        except OSError as exc:
+            log.warning(
+                "cannot write the effective config; the rules apply all the same",
+                extra={"path": str(self.effective_path), "error": exc.strerror or str(exc)},
+            )
 
     def reject(self, error: str) -> None:
         self.status.last_error = error

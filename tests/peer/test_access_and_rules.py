@@ -264,6 +264,28 @@ def test_rules_file_reloads_without_restart_and_bad_files_keep_the_last_good(
     wait_until(lambda: cache_header(peer, url) == "passthrough", 10, "rule removed")
 
 
+def test_a_rules_change_goes_in_when_the_effective_file_cannot_be_written(
+    processes,
+    tmp_path,
+    static_origin,  # type: ignore[no-untyped-def]
+) -> None:
+    """effective.yaml is a record for people; a full disk or a broken volume there must
+    not keep a new rules version out (nor lose it until the next change)."""
+    origin_url, _ = static_origin
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "rules.yaml").write_text("rules: []\n")
+    peer = start_peer(processes, tmp_path, rules={"file": str(rules_dir), "watchInterval": 0.2})
+    (peer.store_dir / "effective.tmp").mkdir()  # the next write of the record fails
+    url = f"{origin_url}/hello.txt"
+    (rules_dir / "rules.yaml").write_text("rules:\n  - regex: 'hello\\.txt$'\n")
+    wait_until(lambda: peer.status()["rules"]["count"] == 1, 10, "new rules in force")
+    assert cache_header(peer, url) in ("miss", "hit")
+    assert peer.status()["rules"]["lastError"] is None
+    assert "cannot write the effective config" in peer.proc.log_tail()
+    assert peer.proc.alive()
+
+
 def test_a_client_that_never_finishes_its_request_head_is_disconnected(
     processes, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
