@@ -50,7 +50,11 @@ def test_dockerfile_final_stage_has_no_compiler_and_runs_as_non_root() -> None:
     assert re.search(r"^USER\s+\d+", final, flags=re.MULTILINE), "final stage runs as root"
     for tool in ("gcc", "build-essential", "cc ", "make "):
         assert tool not in final, f"final stage installs {tool.strip()}"
-    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.MULTILINE))
+    bases = [
+        re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base)
+        for base in re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    ]
     assert all(re.search(r":\d+\.\d+\.\d+-slim", base) for base in bases), bases
 
 
