@@ -49,14 +49,18 @@ def kube(cluster: ClusterInfo) -> Kubectl:
 def operator(kube: Kubectl) -> None:
     """deploy/ applied the README's way; the operator Deployment rolled out."""
     kube("apply", "--server-side", "-k", str(REPO / "deploy"), timeout=180)
+    rollout_status(kube, OPERATOR_NAMESPACE, "deploy/damselfly-operator")
+
+
+def rollout_status(kube: Kubectl, namespace: str, workload: str, timeout: int = 180) -> None:
     kube(
         "-n",
-        OPERATOR_NAMESPACE,
+        namespace,
         "rollout",
         "status",
-        "deploy/damselfly-operator",
-        "--timeout=180s",
-        timeout=200,
+        workload,
+        f"--timeout={timeout}s",
+        timeout=timeout + 20,
     )
 
 

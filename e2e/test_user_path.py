@@ -20,7 +20,9 @@ from e2e.conftest import (
     OPERATOR_NAMESPACE,
     client_pod,
     random_file,
+    rollout_status,
     wait_pods_ready,
+    wait_ready,
 )
 from e2e.kube import ClusterInfo, Kubectl, Node, condition, parse_metrics, wait_for
 from tests.support.origin import start_origin
@@ -136,10 +138,10 @@ def origin(
 
     directory = tmp_path_factory.mktemp("origin")
     digest = random_file(directory / "object.bin", OBJECT_SIZE)
-    random_file(directory / "slow.bin", OBJECT_SIZE)
+    slow_digest = random_file(directory / "slow.bin", OBJECT_SIZE)
     group = Processes(tmp_path_factory.mktemp("origin-logs"))
     server = start_origin(group, directory, host=cluster.host_address, name="e2e-origin")
-    yield server, digest
+    yield server, digest, slow_digest
     group.stop_all()
 
 
@@ -173,8 +175,6 @@ def wait_propagated(kube: Kubectl, namespace: str, rule: str, timeout: float = 2
 
 def test_install_from_readme_reaches_ready(kube: Kubectl, damselfly: str, cluster: ClusterInfo):
     """kubectl apply -k deploy/ + -f examples/: everything Ready, kubectl wait works."""
-    from e2e.conftest import wait_ready
-
     wait_ready(kube, damselfly, timeout=300)
     table = kube("-n", damselfly, "get", "damselfly")
     print(table)
@@ -198,7 +198,7 @@ def test_install_from_readme_reaches_ready(kube: Kubectl, damselfly: str, cluste
 def test_each_node_serves_its_own_clients_and_the_origin_sends_once(
     kube: Kubectl, swarm: Swarm, cluster: ClusterInfo, damselfly: str, origin: Any
 ):
-    server, digest = origin
+    server, digest, _ = origin
     kube.apply(proxy_rule("e2e-origin", rf"^{re.escape(server.base_url)}/.*\.bin$"), damselfly)
     print(f"rule propagated in {wait_propagated(kube, damselfly, 'e2e-origin'):.1f}s")
     node1, node2 = cluster.nodes[:2]
@@ -239,7 +239,7 @@ def test_nodeport_from_inside_the_cluster_is_not_node_local(
 ):
     """Why the peer has a hostPort: NodePort traffic from a pod or the node itself goes
     to any node's peer, externalTrafficPolicy: Local or not. Printed, for the record."""
-    server, digest = origin
+    server, digest, _ = origin
     node1 = cluster.nodes[0]
     url = server.url("object.bin")
     counts: dict[str, int] = {}
@@ -337,7 +337,7 @@ def _until_every_peer(cluster: ClusterInfo, url: str, cached: bool, timeout: flo
 def test_rule_add_change_delete_reach_running_peers(
     kube: Kubectl, swarm: Swarm, cluster: ClusterInfo, damselfly: str, origin: Any, source: str
 ):
-    server, _ = origin
+    server, _, _ = origin
     current = kube.json("p2pcluster", "-n", damselfly, "damselfly")["spec"].get(
         "ruleSource", "ConfigMap"
     )
@@ -352,11 +352,7 @@ def test_rule_add_change_delete_reach_running_peers(
             "-p",
             f'{{"spec": {{"ruleSource": "{source}"}}}}',
         )
-        kube(
-            "-n", damselfly, "rollout", "status", "ds/damselfly-peer", "--timeout=240s", timeout=260
-        )
-        from e2e.conftest import wait_ready
-
+        rollout_status(kube, damselfly, "ds/damselfly-peer", timeout=240)
         wait_ready(kube, damselfly)
     pods_before = _pod_identities(swarm)
     rule = f"e2e-live-{source.lower()}"
@@ -383,7 +379,7 @@ def test_rule_add_change_delete_reach_running_peers(
 def test_a_recreated_peer_pod_keeps_its_cache(
     kube: Kubectl, swarm: Swarm, cluster: ClusterInfo, damselfly: str, origin: Any
 ):
-    server, digest = origin
+    server, digest, _ = origin
     node1 = cluster.nodes[0]
     old = swarm.peer_pods()[node1.name]["metadata"]
     kube("-n", damselfly, "delete", "pod", old["name"], "--wait=true", timeout=120)
@@ -403,13 +399,7 @@ def test_a_recreated_peer_pod_keeps_its_cache(
 def test_killing_the_scheduler_mid_download_does_not_fail_it(
     kube: Kubectl, swarm: Swarm, cluster: ClusterInfo, damselfly: str, origin: Any
 ):
-    server, _ = origin
-    from tests.conftest import Processes  # noqa: F401  (origin already serves slow.bin)
-
-    directory = server.directory
-    import hashlib
-
-    digest = hashlib.sha256((directory / "slow.bin").read_bytes()).hexdigest()
+    server, _, digest = origin
     node2 = cluster.nodes[1]
     url = f"{server.base_url}/@rate=12000000/slow.bin"  # ~5.6 s for 64 MiB
     download = subprocess.Popen(
@@ -452,8 +442,6 @@ def _children(kube: Kubectl, namespace: str) -> dict[str, str]:
 
 
 def test_an_operator_restart_writes_nothing_to_children(kube: Kubectl, damselfly: str):
-    from e2e.conftest import wait_ready
-
     wait_ready(kube, damselfly)
     before = _children(kube, damselfly)
     cluster_rv = kube.json("p2pcluster", "-n", damselfly, "damselfly")["metadata"][
@@ -461,15 +449,7 @@ def test_an_operator_restart_writes_nothing_to_children(kube: Kubectl, damselfly
     ]
     assert len(before) >= 8, before
     kube("-n", OPERATOR_NAMESPACE, "rollout", "restart", "deploy/damselfly-operator")
-    kube(
-        "-n",
-        OPERATOR_NAMESPACE,
-        "rollout",
-        "status",
-        "deploy/damselfly-operator",
-        "--timeout=180s",
-        timeout=200,
-    )
+    rollout_status(kube, OPERATOR_NAMESPACE, "deploy/damselfly-operator")
     time.sleep(15)  # the new operator's first full reconcile of every cluster
     assert _children(kube, damselfly) == before
     after_rv = kube.json("p2pcluster", "-n", damselfly, "damselfly")["metadata"]["resourceVersion"]
