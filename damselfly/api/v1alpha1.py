@@ -270,6 +270,15 @@ class ProxySpec(_Model):
     )
 
     port: int = Field(default=65001, ge=1, le=65535, description="Proxy port in the pod.")
+    host_port: int = Field(
+        default=65001,
+        ge=0,
+        le=65535,
+        description="Port of the proxy on each node's own address: a client on a node "
+        "(a pod, or the node itself) reaches that node's peer at <node>:hostPort. "
+        "0 = no hostPort (clients then use the NodePort, which kube-proxy may send "
+        "to another node's peer).",
+    )
     node_port: int = Field(
         default=30950, ge=30000, le=32767, description="NodePort of the proxy on every node."
     )

@@ -215,7 +215,8 @@ def _restricted(run_as: int = RUN_AS) -> dict[str, Any]:
 
 
 def _chown_cache(cluster: P2PCluster) -> dict[str, Any]:
-    """hostPath directories are created root-owned; the peer runs as the image's user."""
+    """hostPath directories are created root-owned, and volumes kubelet applies no fsGroup
+    to stay so; the peer runs as the image's user."""
     return {
         "name": "cache-owner",
         "image": cluster.spec.image,
@@ -232,6 +233,18 @@ def _chown_cache(cluster: P2PCluster) -> dict[str, Any]:
     }
 
 
+def _proxy_port(cluster: P2PCluster, seed: bool) -> dict[str, Any]:
+    """The node peers' proxy also listens on the node's address (hostPort): kube-proxy
+    sends a pod's or the node's own NodePort traffic to any node's peer, even with
+    externalTrafficPolicy Local, so only the hostPort keeps a node's clients on its
+    peer. Seeds are not per-node caches and get none."""
+    port: dict[str, Any] = {"name": "proxy", "containerPort": cluster.spec.proxy.port}
+    if not seed and cluster.spec.proxy.host_port:
+        port["hostPort"] = cluster.spec.proxy.host_port
+    port["protocol"] = "TCP"
+    return port
+
+
 def _peer_container(cluster: P2PCluster, seed: bool) -> dict[str, Any]:
     spec = cluster.spec
     args = ["peer", "--config", f"{CONFIG_DIR}/{PEER_CONFIG_KEY}"]
@@ -245,7 +258,7 @@ def _peer_container(cluster: P2PCluster, seed: bool) -> dict[str, Any]:
         "args": args,
         "env": _env(),
         "ports": [
-            {"name": "proxy", "containerPort": spec.proxy.port, "protocol": "TCP"},
+            _proxy_port(cluster, seed),
             {"name": "upload", "containerPort": UPLOAD_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": PEER_METRICS_PORT, "protocol": "TCP"},
         ],
@@ -358,8 +371,11 @@ def seed_statefulset(cluster: P2PCluster, config_hash: str) -> dict[str, Any]:
         "podManagementPolicy": "Parallel",
         "selector": {"matchLabels": selector(cluster.name, "seed-peer")},
     }
+    # The ownership fix runs for a PVC too: kubelet applies fsGroup only on volumes
+    # that support it (not on hostPath or local PVs, nor on some CSI drivers).
     pod: dict[str, Any] = {
         **_pod_common(cluster),
+        "initContainers": [_chown_cache(cluster)],
         "containers": [_peer_container(cluster, seed=True)],
         "volumes": volumes,
     }
@@ -370,7 +386,6 @@ def seed_statefulset(cluster: P2PCluster, config_hash: str) -> dict[str, Any]:
                 "hostPath": {"path": seed.storage.host_path, "type": "DirectoryOrCreate"},
             }
         )
-        pod["initContainers"] = [_chown_cache(cluster)]
     else:
         pod["securityContext"] = {"fsGroup": RUN_AS}
         claim: dict[str, Any] = {

@@ -199,6 +199,30 @@ def test_seed_storage_pvc_or_hostpath() -> None:
     assert "volumeClaimTemplates" not in host["spec"]
     volumes = {v["name"]: v for v in host["spec"]["template"]["spec"]["volumes"]}
     assert volumes["cache"]["hostPath"]["path"] == "/data/seed"
+    # Both get the ownership fix: kubelet applies no fsGroup to hostPath or local PVs.
+    for seed in (pvc, host):
+        init = seed["spec"]["template"]["spec"]["initContainers"]
+        assert [c["name"] for c in init] == ["cache-owner"]
+        assert init[0]["command"] == ["chown", "65532:65532", "/var/cache/damselfly"]
+
+
+def test_node_peers_listen_on_the_node_address_seeds_do_not() -> None:
+    def proxy_port(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+        container = by_kind(objects, kind, name)["spec"]["template"]["spec"]["containers"][0]
+        return next(p for p in container["ports"] if p["name"] == "proxy")
+
+    default = render_cluster(cluster(), []).objects
+    assert proxy_port(default, "DaemonSet", "c1-peer")["hostPort"] == 65001
+    assert "hostPort" not in proxy_port(default, "StatefulSet", "c1-seed-peer")
+    moved = render_cluster(cluster(proxy={"port": 8080, "hostPort": 18080}), []).objects
+    assert proxy_port(moved, "DaemonSet", "c1-peer") == {
+        "name": "proxy",
+        "containerPort": 8080,
+        "hostPort": 18080,
+        "protocol": "TCP",
+    }
+    off = render_cluster(cluster(proxy={"hostPort": 0}), []).objects
+    assert "hostPort" not in proxy_port(off, "DaemonSet", "c1-peer")
 
 
 def test_peer_scheduling_and_nodeport() -> None:
