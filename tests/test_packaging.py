@@ -98,13 +98,14 @@ def test_deploy_manifests_call_real_subcommands() -> None:
         parse_ok(argv)
 
 
-def test_kind_config_maps_proxy_nodeport() -> None:
+def test_kind_config_maps_the_first_workers_peer_to_the_host() -> None:
     config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
     roles = [node["role"] for node in config["nodes"]]
     assert roles.count("control-plane") == 1
     assert roles.count("worker") == 2
     mappings = [m for node in config["nodes"] for m in node.get("extraPortMappings", [])]
-    assert {"containerPort": 30950, "hostPort": 65001, "protocol": "TCP"} in mappings
+    # the peer's hostPort on the worker: always that worker's own peer (a NodePort may not be)
+    assert {"containerPort": 65001, "hostPort": 65001, "protocol": "TCP"} in mappings
 
 
 def test_operator_rendered_manifests_call_real_subcommands() -> None:
