@@ -33,6 +33,8 @@ HOST_PORT = 65001  # the peer's proxy on every node's own address (hostPort)
 NODE_PORT = 30950  # the same proxy for clients outside the cluster (NodePort)
 CLUSTER_LABEL = "damselfly.io/cluster"
 COMPONENT_LABEL = "damselfly.io/component"
+# Waits on pods are long on 2 cores (image start, kubelet sync); each is bounded itself.
+pytestmark = pytest.mark.timeout(600)
 
 
 @dataclass
