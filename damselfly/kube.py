@@ -22,6 +22,8 @@ PLURALS = {
     "Service": "services",
     "ServiceAccount": "serviceaccounts",
     "Event": "events",
+    "Pod": "pods",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "Deployment": "deployments",
@@ -214,9 +216,24 @@ class Kube:
                 return None
             raise
 
-    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        result = await self.request("GET", path, params=params)
+    async def list(
+        self,
+        path: str,
+        label_selector: str | None = None,
+        *,
+        field_selector: str | None = None,
+        cached: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Items of a list; ``cached``: from the API server's watch cache (resourceVersion
+        0), which spares etcd and may lag a moment: for reads that only explain."""
+        params: dict[str, str] = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        if cached:
+            params["resourceVersion"] = "0"
+        result = await self.request("GET", path, params=params or None)
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from pydantic import ValidationError
 
 from damselfly.api.rules import (
@@ -26,18 +27,24 @@ from damselfly.api.rules import (
 from damselfly.api.v1alpha1 import API_VERSION, P2PCluster
 from damselfly.kube import ApiError, Kube, resource_path
 from damselfly.operator import status as st
+from damselfly.operator.diagnose import Problem, diagnose
 from damselfly.operator.render import (
     FIELD_MANAGER,
     Names,
     RuleVerdict,
     render_cluster,
     render_rules,
+    selector,
 )
 
 log = logging.getLogger("damselfly.operator")
 Key = tuple[str, str]  # (namespace, cluster name)
 COMPONENT = "damselfly-operator"
 ACCESS_KINDS = frozenset({"ServiceAccount", "Role", "RoleBinding"})
+# Pods, PVCs and Events are not watched (there are too many in a cluster): while a
+# component is not available, the cluster is looked at again this often.
+NOT_READY_REQUEUE_SECONDS = 15.0
+WORKLOADS = (("scheduler", "Deployment"), ("seed-peer", "StatefulSet"), ("peer", "DaemonSet"))
 
 
 def _cluster_path(namespace: str, name: str) -> str:
@@ -56,6 +63,7 @@ class Reconciler:
     # queue a key again after a delay: when the first peer report runs out
     later: Callable[[Key, float], None] | None = None
     clock: Callable[[], float] = time.time
+    not_ready_requeue: float = NOT_READY_REQUEUE_SECONDS
 
     async def reconcile(self, namespace: str, name: str) -> None:
         raw = await self.kube.get(_cluster_path(namespace, name))
@@ -97,6 +105,16 @@ class Reconciler:
             if not exc.permanent:
                 raise
             error = f"applying {obj['kind']} {obj['metadata']['name']}: {exc.message}"
+        problems: dict[str, list[Problem]] = {}
+        not_available = False
+        for component, kind in WORKLOADS:
+            workload = applied.get(kind)
+            if error is not None or workload is None or st.available(workload):
+                continue  # an apply error already stalls it; available needs no reason
+            not_available = True
+            found = await self._diagnose(namespace, name, component, workload)
+            if found:
+                problems[component] = found
         observed = st.Observed(
             scheduler=applied.get("Deployment"),
             seed_peers=applied.get("StatefulSet"),
@@ -105,17 +123,73 @@ class Reconciler:
             rules_hash=rendered.rules.digest,
             node_port=cluster.spec.proxy.node_port,
             error=error,
+            problems=problems,
         )
         conds, fields = st.cluster_conditions(observed)
-        prop = await self._propagation(namespace, name, rendered.rules.digest)
+        prop, expiry = await self._propagation(namespace, name, rendered.rules.digest)
         fields["rulesPropagation"] = prop.text
         await self._write_status(raw, conds, fields)
+        # one timer per key (the latest call wins): the sooner of the two reasons
+        delays = [] if expiry is None else [expiry + 0.5]
+        if not_available:
+            delays.append(self.not_ready_requeue)
+        if delays and self.later is not None:
+            self.later((namespace, name), min(delays))
         await self._rule_statuses(
             rendered.rules.verdicts, by_name, invalid, Names(name).rules, error, prop=prop
         )
 
-    async def _propagation(self, namespace: str, name: str, expected: str) -> st.Propagation:
-        """Which peers run ``expected``, from their Leases (see damselfly.peer.kuberules)."""
+    async def _diagnose(
+        self, namespace: str, name: str, component: str, workload: dict[str, Any]
+    ) -> list[Problem]:
+        """Why a component is not available, from its pods, PVCs and their Events.
+
+        Only an explanation: when these cannot be read, the status says less, and the
+        reconcile goes on. Reads come from the API server's watch cache; Events are
+        asked for per object (a namespace may hold thousands)."""
+        labels = ",".join(f"{k}={v}" for k, v in sorted(selector(name, component).items()))
+        kind = str(workload.get("kind"))
+        try:
+            pods = await self.kube.list(
+                resource_path("v1", "Pod", namespace), label_selector=labels, cached=True
+            )
+            claims: list[dict[str, Any]] = []
+            if kind == "StatefulSet" and workload.get("spec", {}).get("volumeClaimTemplates"):
+                claims = await self.kube.list(
+                    resource_path("v1", "PersistentVolumeClaim", namespace),
+                    label_selector=labels,
+                    cached=True,
+                )
+            # a Deployment tells its ReplicaSet's FailedCreate in its own conditions
+            involved = [] if kind == "Deployment" else [str(workload["metadata"]["name"])]
+            involved += sorted(
+                str(c["metadata"]["name"])
+                for c in claims
+                if (c.get("status") or {}).get("phase") != "Bound"
+            )
+            events: list[dict[str, Any]] = []
+            for obj_name in involved:
+                events += await self.kube.list(
+                    resource_path("v1", "Event", namespace),
+                    field_selector=f"involvedObject.name={obj_name}",
+                    cached=True,
+                )
+        except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "could not read why %s of %s/%s is not available: %s",
+                component,
+                namespace,
+                name,
+                exc,
+            )
+            return []
+        return diagnose(workload, pods, claims, events, self.clock())
+
+    async def _propagation(
+        self, namespace: str, name: str, expected: str
+    ) -> tuple[st.Propagation, float | None]:
+        """Which peers run ``expected``, from their Leases (see damselfly.peer.kuberules),
+        and in how many seconds the first live report runs out (None: no reports)."""
         leases = await self.kube.list(
             resource_path("coordination.k8s.io/v1", "Lease", namespace),
             label_selector=f"{CLUSTER_LABEL}={name},{COMPONENT_LABEL}={REPORT_COMPONENT}",
@@ -129,10 +203,7 @@ class Reconciler:
             except ApiError as exc:  # housekeeping only; never fail a reconcile on it
                 log.warning("could not delete stale report %s: %s", stale, exc)
         reports = st.live_reports(leases, now)
-        expiry = st.next_expiry(reports, now)
-        if expiry is not None and self.later is not None:
-            self.later((namespace, name), expiry + 0.5)
-        return st.propagation(reports, expected)
+        return st.propagation(reports, expected), st.next_expiry(reports, now)
 
     # --- rules ---------------------------------------------------------------------
 
@@ -231,7 +302,8 @@ class Reconciler:
         if after == before:
             return
         await self.kube.patch_status(_cluster_path(meta["namespace"], meta["name"]), after)
-        for cond in st.transitions((before or {}).get("conditions"), after["conditions"]):
+        previous = (before or {}).get("conditions")
+        for cond in st.notable(previous, after["conditions"]):
             if cond["type"] == st.READY and cond["status"] == "True":
                 await self._event(raw, "Normal", "Ready", cond["message"])
             elif cond["type"] == st.STALLED and cond["status"] == "True":

@@ -10,11 +10,13 @@ recomputing an unchanged status yields the same object and no write.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from damselfly.api.rules import RULES_HASH_LABEL
+from damselfly.operator.diagnose import Problem, describe
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -161,6 +163,28 @@ class Observed:
     rules_hash: str
     node_port: int
     error: str | None = None  # apply failed in a way only a spec change fixes
+    # why a component is not available (diagnose.diagnose), by component:
+    # "scheduler", "seed-peer", "peer"; empty when nothing was found or looked for
+    problems: Mapping[str, Sequence[Problem]] = field(default_factory=dict)
+
+
+COUNTS: dict[str, Callable[[dict[str, Any]], Counts]] = {
+    "Deployment": deployment_counts,
+    "StatefulSet": statefulset_counts,
+    "DaemonSet": daemonset_counts,
+}
+
+
+def available(workload: dict[str, Any]) -> bool:
+    """Whether a child workload is available (its counts are complete and current)."""
+    return COUNTS[str(workload.get("kind"))](workload).available
+
+
+def explained(cond: Cond, problems: Sequence[Problem]) -> Cond:
+    """A component's availability condition with the children's reason and words."""
+    if cond.status is True or not problems:
+        return cond
+    return Cond(cond.type, False, problems[0].reason, f"{cond.message}: {describe(problems)}")
 
 
 def cluster_conditions(observed: Observed) -> tuple[list[Cond], dict[str, Any]]:
@@ -182,16 +206,33 @@ def cluster_conditions(observed: Observed) -> tuple[list[Cond], dict[str, Any]]:
         (SEED_PEERS_AVAILABLE, "seed peers", "seedPeers", observed.seed_peers, statefulset_counts),
         (PEERS_AVAILABLE, "peers", "peers", observed.peers, daemonset_counts),
     ]
+    components = {"scheduler": "scheduler", "seedPeers": "seed-peer", "peers": "peer"}
     conds: list[Cond] = []
+    stalls: list[Problem] = []
     for type_, what, key, obj, count in parts:
         if obj is None:
             conds.append(Cond(type_, None, "NotCreated", f"the {what} workload does not exist yet"))
             continue
         counts = count(obj)
         fields[key] = counts.as_status()
-        conds.append(availability(type_, what, counts))
+        cond = availability(type_, what, counts)
+        if cond.status is not True:
+            problems = observed.problems.get(components[key], ())
+            cond = explained(cond, problems)
+            stalls += [p for p in problems if p.stall]
+        conds.append(cond)
     waiting = [c for c in conds if c.status is not True]
-    if waiting:
+    if waiting and stalls:
+        # kstatus: it cannot progress without a change from the user
+        message = "; ".join(f"{c.type}: {c.message}" for c in waiting)
+        reason = stalls[0].reason
+        conds = [
+            Cond(READY, False, reason, message),
+            Cond(RECONCILING, False, reason, "waiting for a change: see Stalled"),
+            Cond(STALLED, True, reason, message),
+            *conds,
+        ]
+    elif waiting:
         message = "; ".join(f"{c.type}: {c.message}" for c in waiting)
         conds = [
             Cond(READY, False, "Progressing", message),
@@ -370,3 +411,22 @@ def transitions(
     """Conditions whose status changed: the notable ones become Kubernetes Events."""
     old = {c.get("type"): c.get("status") for c in before or []}
     return [c for c in after if old.get(c["type"]) != c["status"]]
+
+
+def notable(
+    before: list[dict[str, Any]] | None, after: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Transitions, and a stall that goes on for another reason (a new cause is news)."""
+    changed = transitions(before, after)
+    old = {c.get("type"): c for c in before or []}
+    for cond in after:
+        prev = old.get(cond["type"])
+        if (
+            cond["type"] == STALLED
+            and cond["status"] == "True"
+            and prev is not None
+            and prev.get("status") == "True"
+            and prev.get("reason") != cond["reason"]
+        ):
+            changed.append(cond)
+    return changed

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from damselfly.operator import status as st
+from damselfly.operator.diagnose import Problem
 
 
 def deployment(
@@ -112,3 +113,94 @@ def test_long_messages_keep_head_and_tail() -> None:
     assert short.startswith("StatefulSet x is invalid")
     assert short.endswith("field is immutable")
     assert st.shorten("brief") == "brief"
+
+
+# --- problems from the children (damselfly.operator.diagnose) ---------------------------
+
+PULL = Problem(
+    "ImagePullBackOff",
+    "pod damselfly-peer-x7k2p init container cache-owner: ImagePullBackOff: Back-off pulling "
+    'image "ghcr.io/acme/damselfly:nope"',
+    True,
+)
+WAITING_FOR_CONSUMER = Problem(
+    "PersistentVolumeClaimPending",
+    "PersistentVolumeClaim cache-damselfly-seed-peer-0 is Pending: WaitForFirstConsumer: waiting",
+    False,
+)
+
+
+def test_a_stall_makes_the_cluster_stalled_with_the_childs_reason() -> None:
+    conds, _ = st.cluster_conditions(observed(peers=daemonset(3, 0, 3), problems={"peer": [PULL]}))
+    c = by_type(conds)
+    assert c["PeersAvailable"].status is False
+    assert c["PeersAvailable"].reason == "ImagePullBackOff"
+    assert c["PeersAvailable"].message == f"0/3 peers ready: {PULL.message}"
+    assert (c["Ready"].status, c["Ready"].reason) == (False, "ImagePullBackOff")
+    assert c["Ready"].message == f"PeersAvailable: 0/3 peers ready: {PULL.message}"
+    assert (c["Reconciling"].status, c["Reconciling"].reason) == (False, "ImagePullBackOff")
+    assert (c["Stalled"].status, c["Stalled"].reason) == (True, "ImagePullBackOff")
+    assert c["Stalled"].message == c["Ready"].message
+
+
+def test_the_first_stalled_component_names_the_reason() -> None:
+    failed = Problem("FailedCreate", "StatefulSet damselfly-seed-peer: forbidden", True)
+    conds, _ = st.cluster_conditions(
+        observed(
+            seed_peers=deployment(1, 0, 1),
+            peers=daemonset(3, 0, 3),
+            problems={"seed-peer": [failed], "peer": [PULL]},
+        )
+    )
+    c = by_type(conds)
+    assert c["Stalled"].reason == "FailedCreate"
+    assert "SeedPeersAvailable: 0/1 seed peers ready: StatefulSet" in c["Stalled"].message
+    assert "PeersAvailable: 0/3 peers ready: pod damselfly-peer-x7k2p" in c["Stalled"].message
+
+
+def test_a_transient_problem_explains_but_keeps_progressing() -> None:
+    conds, _ = st.cluster_conditions(
+        observed(seed_peers=deployment(1, 0, 1), problems={"seed-peer": [WAITING_FOR_CONSUMER]})
+    )
+    c = by_type(conds)
+    assert c["SeedPeersAvailable"].reason == "PersistentVolumeClaimPending"
+    assert (c["Reconciling"].status, c["Reconciling"].reason) == (True, "Progressing")
+    assert (c["Stalled"].status, c["Ready"].reason) == (False, "Progressing")
+
+
+def test_problems_of_an_available_component_change_nothing() -> None:
+    plain, _ = st.cluster_conditions(observed())
+    with_problems, _ = st.cluster_conditions(observed(problems={"peer": [PULL]}))
+    assert with_problems == plain
+
+
+def test_a_stall_that_goes_away_returns_to_progressing_then_available() -> None:
+    stalled, fields = st.cluster_conditions(
+        observed(peers=daemonset(3, 0, 3), problems={"peer": [PULL]})
+    )
+    first = st.cluster_status(None, 1, stalled, fields, "t0")
+    again = st.cluster_status(first, 1, stalled, fields, "t1")
+    assert again == first  # the same problem writes nothing
+    progressing, _ = st.cluster_conditions(observed(peers=daemonset(3, 1, 3)))
+    second = st.cluster_status(first, 1, progressing, fields, "t2")
+    c = {x["type"]: x for x in second["conditions"]}
+    assert (c["Stalled"]["status"], c["Reconciling"]["status"]) == ("False", "True")
+    assert c["PeersAvailable"]["reason"] == "ReplicasNotReady"
+    ready, _ = st.cluster_conditions(observed())
+    third = st.cluster_status(second, 1, ready, fields, "t3")
+    assert {x["type"]: x["status"] for x in third["conditions"]}["Ready"] == "True"
+
+
+def test_a_stall_for_a_new_reason_is_notable() -> None:
+    pull, fields = st.cluster_conditions(
+        observed(peers=daemonset(3, 0, 3), problems={"peer": [PULL]})
+    )
+    first = st.cluster_status(None, 1, pull, fields, "t0")
+    crash = Problem("CrashLoopBackOff", "pod p container peer: exit code 2", True)
+    crashing, _ = st.cluster_conditions(
+        observed(peers=daemonset(3, 0, 3), problems={"peer": [crash]})
+    )
+    second = st.cluster_status(first, 1, crashing, fields, "t1")
+    assert st.transitions(first["conditions"], second["conditions"]) == []
+    [news] = st.notable(first["conditions"], second["conditions"])
+    assert (news["type"], news["reason"]) == ("Stalled", "CrashLoopBackOff")
