@@ -45,6 +45,30 @@ def kube(cluster: ClusterInfo) -> Kubectl:
     return Kubectl(cluster)
 
 
+@pytest.fixture(autouse=True)
+def cluster_report_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed e2e test prints what a user would look at: pods, recent Warning events,
+    Damselfly's objects and the operator's last log lines."""
+    yield
+    failed = getattr(request.node, "rep_call", None)
+    info = ClusterInfo.load()
+    if failed is None or not failed.failed or info is None:
+        return
+    kube = Kubectl(info)
+    views = [
+        ("pods", ["get", "pods", "-A", "-o", "wide"]),
+        ("damselfly", ["get", "damselfly", "-A", "-o", "wide"]),
+        ("warnings", ["get", "events", "-A", "--field-selector=type=Warning"]),
+        (
+            "operator log",
+            ["-n", OPERATOR_NAMESPACE, "logs", "deploy/damselfly-operator", "--tail=40"],
+        ),
+    ]
+    for title, args in views:
+        done = kube.run(*args, check=False, timeout=30)
+        print(f"\n--- {title}\n{done.stdout[-6000:]}{done.stderr[-2000:]}")
+
+
 @pytest.fixture(scope="session")
 def operator(kube: Kubectl) -> None:
     """deploy/ applied the README's way; the operator Deployment rolled out."""

@@ -25,7 +25,7 @@ docker info >/dev/null 2>&1 || { echo "e2e: no Docker engine answers" >&2; exit 
 cleanup() { [ "${KEEP:-}" = 1 ] || kind delete cluster --name "$CLUSTER" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-mkdir -p "$STATE"
+mkdir -p "$STATE" /var/tmp/damselfly-e2e # the tests' temp dir, mounted into the nodes
 kind create cluster --name "$CLUSTER" --config kind-config.yaml --kubeconfig "$STATE/kubeconfig" --wait 120s
 docker build -t damselfly:dev .
 docker build -t localhost/damselfly-e2e/client:1 -f e2e/images/client/Containerfile e2e/images/client
@@ -47,7 +47,12 @@ gateway=$(docker network inspect kind -f '{{range .IPAM.Config}}{{if .Gateway}}{
   printf '\n  ]\n}\n'
 } >"$STATE/cluster.json"
 
+# The Git LFS test runs git on the nodes, as a user of a node would.
+for node in $nodes; do
+  docker exec "$node" sh -c 'command -v git-lfs >/dev/null || { apt-get update -q && apt-get install -y -q git git-lfs; } >/dev/null'
+done
+
 # kind has a default StorageClass (local-path), so the seed gets a real PVC; the
 # control plane carries a NoSchedule taint the peers tolerate (examples/).
 export KUBECONFIG="$STATE/kubeconfig" DAMSELFLY_E2E_CLUSTER="$STATE/cluster.json" DAMSELFLY_REQUIRE_E2E=1
-.venv/bin/pytest -p no:cacheprovider -ra --durations=0 -m e2e e2e "$@"
+.venv/bin/pytest -p no:cacheprovider -ra --durations=0 --basetemp=/var/tmp/damselfly-e2e/pytest -m e2e e2e "$@"
