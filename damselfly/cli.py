@@ -70,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("operator", help="run the kopf operator reconciling P2PCluster/ProxyRule")
     p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces")
     p.add_argument("--health-port", type=int, default=8080, help="liveness endpoint port")
+    p.add_argument(
+        "--not-ready-requeue",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="look again this often at a cluster that is not Ready (its pods, PVCs and "
+        "Events are not watched; default 15)",
+    )
 
     p = sub.add_parser("get", help="download a URL through the swarm (like dfget)")
     p.add_argument("url", help="the URL to download")

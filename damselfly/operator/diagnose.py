@@ -15,6 +15,7 @@ object is still given its grace period.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +27,7 @@ CLAIM_GRACE_SECONDS = 30.0
 # Seconds a young pod is given for the waiting reasons kubelet may still clear by
 # itself (a ConfigMap created a moment later, a runtime hiccup).
 POD_GRACE_SECONDS = 60.0
-DETAIL_LIMIT = 300  # characters of a child's own text in one problem
+DETAIL_LIMIT = 400  # characters of a child's own text in one problem
 MAX_PROBLEMS = 3  # per component; the rest are counted, not listed
 
 # kubelet alternates ErrImagePull (an attempt failed) and ImagePullBackOff (waiting
@@ -50,6 +51,8 @@ STALL_AFTER_GRACE = frozenset(
     }
 )
 CLAIM_FAILURES = frozenset({"FailedBinding", "ProvisioningFailed"})
+# client-go's event correlator folds a burst of similar Events into one with this prefix
+AGGREGATED = "(combined from similar events): "
 
 
 @dataclass(frozen=True)
@@ -294,7 +297,10 @@ def workload_problems(
     )
     if event_time(last) < newest_pod:
         return []
-    return [Problem("FailedCreate", f"{kind} {name}: {clip(str(last.get('message') or ''))}", True)]
+    text = str(last.get("message") or "").removeprefix(AGGREGATED)
+    # each attempt of a DaemonSet names another generated pod: the same refusal
+    text = re.sub(rf'"{re.escape(name)}-[a-z0-9]{{5}}"', f'"{name}-"', text)
+    return [Problem("FailedCreate", f"{kind} {name}: {clip(text)}", True)]
 
 
 def diagnose(

@@ -131,8 +131,11 @@ async def operate(args: argparse.Namespace) -> None:
     kube = Kube(load_credentials())
     registry = build_registry(queue)
     namespaces: list[str] | None = args.namespace
+    reconciler = Reconciler(
+        kube, later=queue.add_after, not_ready_requeue=float(args.not_ready_requeue)
+    )
     tasks = [
-        asyncio.create_task(work(Reconciler(kube, later=queue.add_after), queue), name="reconcile"),
+        asyncio.create_task(work(reconciler, queue), name="reconcile"),
         asyncio.create_task(resync(kube, queue, namespaces), name="resync"),
     ]
     try:

@@ -23,6 +23,7 @@ from tests.support.ports import free_port
 from tests.support.procs import ManagedProcess, http_ok, wait_until
 
 BUILD_TIMEOUT = 3600  # the first build of kube-apiserver on 2 cores
+NOT_READY_REQUEUE = 3.0  # seconds: pod and PVC changes are noticed this fast (not watched)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -155,7 +156,7 @@ def operator(
     proc = ManagedProcess(
         "operator",
         [sys.executable, "-m", "damselfly.cli", "--log-level", "DEBUG", "operator",
-         "--health-port", str(port)],
+         "--health-port", str(port), "--not-ready-requeue", str(NOT_READY_REQUEUE)],
         logs,
         env={"KUBECONFIG": str(kubeconfig)},
     )  # fmt: skip

@@ -26,6 +26,8 @@ FORBIDDEN = (
     "hostPort 65001)"
 )
 
+FORBIDDEN_SHOWN = FORBIDDEN.replace('"damselfly-peer-9xq2w"', '"damselfly-peer-"')
+
 
 def pod(
     name: str,
@@ -412,7 +414,18 @@ def test_failed_create_on_the_daemonset_is_a_stall_with_the_admission_message() 
     )
     [problem] = dg.workload_problems(daemonset(), [found], [])
     assert (problem.reason, problem.stall) == ("FailedCreate", True)
-    assert problem.message == f"DaemonSet damselfly-peer: {FORBIDDEN}"
+    assert problem.message == f"DaemonSet damselfly-peer: {FORBIDDEN_SHOWN}"
+
+
+def test_failed_create_messages_do_not_change_with_each_generated_pod_name() -> None:
+    texts = set()
+    for suffix in ("9xq2w", "k62lw"):
+        text = FORBIDDEN.replace("9xq2w", suffix)
+        for prefix in ("", "(combined from similar events): "):
+            found = event("DaemonSet", "damselfly-peer", "FailedCreate", prefix + text)
+            [problem] = dg.workload_problems(daemonset(), [found], [])
+            texts.add(problem.message)
+    assert texts == {f"DaemonSet damselfly-peer: {FORBIDDEN_SHOWN}"}
 
 
 def test_a_failure_older_than_the_newest_pod_was_overcome() -> None:
