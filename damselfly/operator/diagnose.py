@@ -131,9 +131,8 @@ class _PodFinding:
     detail: str
 
 
-def _last_words(status: dict[str, Any]) -> str:
+def _last_words(terminated: dict[str, Any]) -> str:
     """A crash's useful text: the termination message, else its reason and exit code."""
-    terminated = (status.get("lastState") or {}).get("terminated") or {}
     if not terminated:
         return "restarting after a failure"
     code = terminated.get("exitCode")
@@ -156,13 +155,19 @@ def _container_findings(pod: dict[str, Any], now: float) -> list[_PodFinding]:
     ]
     young = _age(pod, now) < POD_GRACE_SECONDS
     for label, container in containers:
-        waiting = (container.get("state") or {}).get("waiting") or {}
+        state = container.get("state") or {}
+        waiting = state.get("waiting") or {}
         raw = str(waiting.get("reason") or "")
+        where = f"{label} {container.get('name', '?')}"
+        exited = state.get("terminated") or {}
+        if exited.get("exitCode") and int(container.get("restartCount") or 0) > 0:
+            # between a crash and kubelet's back-off: the same loop, not a recovery
+            found.append(_PodFinding("CrashLoopBackOff", True, where, _last_words(exited)))
         if not raw:
             continue
-        where = f"{label} {container.get('name', '?')}"
         if raw == "CrashLoopBackOff":
-            found.append(_PodFinding(raw, True, where, _last_words(container)))
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            found.append(_PodFinding(raw, True, where, _last_words(last)))
         elif raw in IMAGE_PULL or raw in STALL_AT_ONCE:
             text = clip(str(waiting.get("message") or ""))
             detail = f"{raw}: {text}" if text else raw

@@ -250,6 +250,18 @@ def test_crash_loop_carries_the_peers_termination_message() -> None:
     assert "back-off" not in problem.message  # kubelet's growing delay would change it
 
 
+def test_a_container_just_exited_again_is_the_same_crash_loop() -> None:
+    words = {"exitCode": 2, "reason": "Error", "message": "bad config"}
+    looping = crash_pod("p", words)
+    [backoff] = dg.pod_problems([looping], NOW)
+    exited = looping["status"]["containerStatuses"][0]
+    exited["state"] = {"terminated": words}
+    [between] = dg.pod_problems([looping], NOW)
+    assert between == backoff
+    exited["restartCount"] = 0  # a first exit: kubelet restarts it, nothing to say yet
+    assert dg.pod_problems([looping], NOW) == []
+
+
 def test_crash_loop_without_a_message_says_exit_code_and_reason() -> None:
     oom = crash_pod("p", {"exitCode": 137, "reason": "OOMKilled", "startedAt": T0})
     [problem] = dg.pod_problems([oom], NOW)
