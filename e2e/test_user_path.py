@@ -86,6 +86,17 @@ class Swarm:
             out[node] = sum(v for k, v in samples.items() if label in k)
         return out
 
+    def rules_hashes(self) -> dict[str, str]:
+        """node -> hash of the rule set its peer runs"""
+        out = {}
+        for node, pod in self.peer_pods().items():
+            samples = parse_metrics(
+                self.metrics(pod["metadata"]["name"]), "damselfly_peer_rules_info"
+            )
+            running = [k for k, v in samples.items() if v == 1]
+            out[node] = running[0].split('"')[1] if running else ""
+        return out
+
     def cache_requests(self) -> dict[str, float]:
         return self.counters("damselfly_peer_requests_total", 'route="cache"')
 
@@ -161,14 +172,31 @@ def proxy_rule(name: str, regex: str, cluster: str = "damselfly") -> str:
     )
 
 
-def wait_propagated(kube: Kubectl, namespace: str, rule: str, timeout: float = 240) -> float:
+def wait_running(swarm: Swarm, rule: str, timeout: float = 240) -> float:
+    """Seconds until every peer runs the rule set that holds ``rule``: the operator has
+    applied it (its hash in the P2PCluster's status) and each peer's
+    ``damselfly_peer_rules_info`` shows that hash. Works for both rule sources (in
+    ConfigMap mode no peer reports through the API)."""
+    kube, namespace = swarm.kube, swarm.namespace
     start = time.monotonic()
 
-    def propagated() -> bool:
-        cond = condition(kube.json("proxyrule", "-n", namespace, rule), "Propagated")
-        return bool(cond and cond["status"] == "True")
+    def applied() -> str | None:
+        obj = kube.json("proxyrule", "-n", namespace, rule)
+        cond = condition(obj, "Applied")
+        if not cond or cond["status"] != "True":
+            return None
+        if cond.get("observedGeneration") != obj["metadata"]["generation"]:
+            return None
+        status = kube.json("p2pcluster", "-n", namespace, "damselfly")["status"]
+        return str(status["rulesHash"])
 
-    wait_for(propagated, timeout, f"ProxyRule {rule} Propagated")
+    expected = wait_for(applied, timeout, f"ProxyRule {rule} Applied")
+    wait_for(
+        lambda: set(swarm.rules_hashes().values()) == {expected},
+        timeout - (time.monotonic() - start),
+        f"every peer running rules {expected}",
+        every=0.5,
+    )
     return time.monotonic() - start
 
 
@@ -191,7 +219,7 @@ def test_install_from_readme_reaches_ready(kube: Kubectl, damselfly: str, cluste
     assert ready
     assert ready["status"] == "True"
     row = table.splitlines()[1].split()
-    assert row[:2] == ["damselfly", "True"], table
+    assert row[:2] == ["p2pcluster.damselfly.io/damselfly", "True"], table
 
 
 # --- 2. downloads: node-local, swarm, origin once --------------------------------------
@@ -202,7 +230,7 @@ def test_each_node_serves_its_own_clients_and_the_origin_sends_once(
 ):
     server, digest, _ = origin
     kube.apply(proxy_rule("e2e-origin", rf"^{re.escape(server.base_url)}/.*\.bin$"), damselfly)
-    print(f"rule propagated in {wait_propagated(kube, damselfly, 'e2e-origin'):.1f}s")
+    print(f"every peer runs the rule after {wait_running(swarm, 'e2e-origin'):.1f}s")
     node1, node2 = cluster.nodes[:2]
     pods = [client_pod(kube, damselfly, n) for n in (node1, node2)]
     wait_pods_ready(kube, damselfly, pods)
@@ -231,7 +259,7 @@ def test_each_node_serves_its_own_clients_and_the_origin_sends_once(
     assert results[3].cache == "miss"  # node 2's peer had to fetch it ...
     assert parent_bytes[node2.name] >= OBJECT_SIZE  # ... and got it from peers
     assert all(r.cache == "hit" for i, r in enumerate(results) if i not in (0, 3))
-    sent = sum(req["bytes"] for req in server.requests("object.bin"))
+    sent = sum(req["bytes_sent"] for req in server.requests("object.bin"))
     assert sent <= OBJECT_SIZE * 1.01, f"origin sent {sent / OBJECT_SIZE:.3f} x the object"
     print(f"origin sent {sent / OBJECT_SIZE:.3f} x the object")
 
@@ -269,7 +297,7 @@ def test_git_lfs_clone_through_the_peers_reads_the_store_once(
     store_host = repo.server.store_url.split("//", 1)[1].split("/", 1)[0]
     store_re = re.escape(f"http://{store_host}/")
     kube.apply(proxy_rule("e2e-lfs", rf"^{store_re}.*[0-9a-f]{{64}}(\?.*)?$"), damselfly)
-    wait_propagated(kube, damselfly, "e2e-lfs")
+    wait_running(swarm, "e2e-lfs")
     before = repo.server.count_store_gets(repo.oids)
     for i, node in enumerate(cluster.nodes[:2]):
         dest = tmp_path / f"clone-{i}"
