@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from damselfly.api.ruleset import Rule, RuleSet
 from damselfly.api.v1alpha1 import GROUP, ProxyRule, regex_error
-from damselfly.peer.rules import Rule, RuleSet
 
 # How a peer reports the rules it runs: a Lease per peer with these labels (see
 # damselfly.peer.kuberules), read back by the operator (damselfly.operator.status).

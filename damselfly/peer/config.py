@@ -20,8 +20,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from damselfly.api.ruleset import DEFAULT_FILTERED_QUERY_PARAMS, Rule
 from damselfly.configfile import load_model, parse_model
-from damselfly.peer.rules import DEFAULT_FILTERED_QUERY_PARAMS, Rule
 from damselfly.quantity import parse_duration, parse_size
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from damselfly import __version__
+from damselfly.api.ruleset import RuleSet
 from damselfly.configfile import ConfigError
 from damselfly.peer.access import GuardedResolver, check_upstream
 from damselfly.peer.announcer import Announcer
@@ -31,7 +32,7 @@ from damselfly.peer.kuberules import KubeRules
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import Proxy, RulesHolder
 from damselfly.peer.rangefetch import RangeFetcher
-from damselfly.peer.rules import CompiledRules, RuleSet
+from damselfly.peer.rules import CompiledRules
 from damselfly.peer.rulesource import RulesSource
 from damselfly.peer.store import PieceStore
 from damselfly.peer.storecheck import StoreUnusable, check_store_dir

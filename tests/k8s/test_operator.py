@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from damselfly.api.ruleset import RuleSet
 from damselfly.operator.render import CONFIG_HASH_ANNOTATION, content_hash
-from damselfly.peer.rules import RuleSet
 from tests.k8s.conftest import Kubectl
 from tests.k8s.controlplane import REPO, ControlPlane, wait_for
 from tests.support.procs import ManagedProcess

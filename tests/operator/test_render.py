@@ -12,6 +12,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from damselfly.api.ruleset import RuleSet
 from damselfly.api.v1alpha1 import P2PCluster, ProxyRule
 from damselfly.operator.render import (
     CONFIG_HASH_ANNOTATION,
@@ -20,7 +21,6 @@ from damselfly.operator.render import (
     render_rules,
 )
 from damselfly.peer.config import parse_config
-from damselfly.peer.rules import RuleSet
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

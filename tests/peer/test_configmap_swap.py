@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from damselfly.api.ruleset import RuleSet
 from damselfly.peer.config import PeerConfig
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import RulesHolder
-from damselfly.peer.rules import CompiledRules, RuleSet
+from damselfly.peer.rules import CompiledRules
 from damselfly.peer.rulesource import RulesSource
 
 

@@ -7,18 +7,13 @@ import hashlib
 import pytest
 from pydantic import ValidationError
 
+from damselfly.api.ruleset import DEFAULT_FILTERED_QUERY_PARAMS, Rule, RuleSet
 from damselfly.configfile import ConfigError
 from damselfly.peer.config import parse_config
 from damselfly.peer.origin import not_cacheable
 from damselfly.peer.pieces import MiB, piece_at, piece_length, pieces_covering
 from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
-from damselfly.peer.rules import (
-    DEFAULT_FILTERED_QUERY_PARAMS,
-    CompiledRules,
-    Rule,
-    RuleSet,
-    upstream_url,
-)
+from damselfly.peer.rules import CompiledRules, upstream_url
 from damselfly.peer.taskid import content_digest, filter_query, task_key
 from damselfly.quantity import parse_duration, parse_size
 
