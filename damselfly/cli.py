@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from damselfly import __version__
+from damselfly.config import ports
 from damselfly.logs import LEVELS, setup_logging
 
 # Each subcommand's implementation: a module with ``run(args) -> int``.
@@ -57,15 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("peer", help="run a peer: caching proxy (65001), upload server (65002)")
+    p = sub.add_parser(
+        "peer",
+        help=f"run a peer: caching proxy ({ports.PROXY}), upload server ({ports.UPLOAD})",
+    )
     p.add_argument("--config", "-c", help="peer YAML config (default: built-in defaults)")
     p.add_argument("--seed", action="store_true", help="run as a seed peer that fetches origins")
 
     p = sub.add_parser("scheduler", help="run the scheduler that picks parents for peers")
     p.add_argument("--config", "-c", help="scheduler YAML config")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    p.add_argument("--port", type=int, default=8002, help="API port (default 8002)")
-    p.add_argument("--metrics-port", type=int, default=8000, help="metrics port (default 8000)")
+    p.add_argument(
+        "--port", type=int, default=ports.SCHEDULER, help=f"API port (default {ports.SCHEDULER})"
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=ports.SCHEDULER_METRICS,
+        help=f"metrics port (default {ports.SCHEDULER_METRICS})",
+    )
 
     p = sub.add_parser("operator", help="run the kopf operator reconciling P2PCluster/ProxyRule")
     p.add_argument("--namespace", "-n", action="append", help="watch only these namespaces")
@@ -85,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--digest", help="expected digest, sha256:<hex>; verified before success")
     p.add_argument(
         "--proxy",
-        help="a running peer's proxy, e.g. http://127.0.0.1:65001 (default: $DAMSELFLY_PROXY, "
-        "the local cluster's first peer, or an ephemeral peer in this process)",
+        help=f"a running peer's proxy, e.g. http://127.0.0.1:{ports.PROXY} "
+        "(default: $DAMSELFLY_PROXY, the local cluster's first peer, or an ephemeral peer "
+        "in this process)",
     )
     p.add_argument(
         "--scheduler",

@@ -22,8 +22,8 @@ from typing import TextIO
 
 import aiohttp
 
+from damselfly.config.peer import PeerConfig
 from damselfly.local import LocalState, default_state_dir, pid_alive
-from damselfly.peer.config import PeerConfig
 
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")

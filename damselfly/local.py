@@ -26,9 +26,10 @@ from typing import Any
 import yaml
 
 from damselfly.api.v1alpha1 import P2PCluster, ProxyRule
+from damselfly.config import ports as default_ports
+from damselfly.config.peer import PeerConfig
 from damselfly.operator.render import peer_config, render_rules
 from damselfly.operator.render_cli import RenderError, load_documents, parse_resources
-from damselfly.peer.config import PeerConfig
 
 REPO_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 STATE_FILE = "state.json"
@@ -100,7 +101,8 @@ def load_cluster(files: list[str]) -> tuple[P2PCluster, list[ProxyRule]]:
 def port_plan(cluster: P2PCluster, peers: int) -> dict[str, dict[str, int]]:
     """Ports of every member: peer-1's proxy on the cluster's proxy port, +10 per peer.
 
-    The scheduler's metrics port is its API port - 2 (8002 -> 8000, the defaults).
+    The scheduler's metrics port is its API port - 2 (8002 -> 8000, the defaults:
+    ``damselfly.config.ports``).
     """
     base = cluster.spec.proxy.port
     api_port = cluster.spec.scheduler.port
@@ -318,7 +320,7 @@ class Supervisor:
 
 def describe(state: LocalState) -> str:
     peers = [m for m in state.members if m.role == "peer"]
-    first = peers[0].ports["proxy"] if peers else 65001
+    first = peers[0].ports["proxy"] if peers else default_ports.PROXY
     lines = ["Damselfly is running on localhost:"]
     for member in state.members:
         ports = ", ".join(f"{kind} {port}" for kind, port in member.ports.items())

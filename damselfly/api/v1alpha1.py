@@ -23,6 +23,8 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from damselfly.config import ports
+
 GROUP = "damselfly.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -152,7 +154,7 @@ class SchedulerSpec(_Model):
     """The scheduler Deployment: picks parents for peers and triggers seed peers."""
 
     replicas: int = Field(default=1, ge=1, le=9, description="Scheduler replicas.")
-    port: int = Field(default=8002, ge=1, le=65535, description="Scheduler API port.")
+    port: int = Field(default=ports.SCHEDULER, ge=1, le=65535, description="Scheduler API port.")
     resources: ResourceRequirements | None = Field(
         default=None, description="Resources of the scheduler container."
     )
@@ -254,6 +256,11 @@ class PeerSpec(_Model):
     cache: CacheSpec = section(CacheSpec, "The node-local cache.")
 
 
+PEER_PORTS_TAKEN = (
+    f"port {ports.UPLOAD} (upload) and {ports.PEER_METRICS} (metrics) are taken by the peer"
+)
+
+
 class ProxySpec(_Model):
     """How clients reach the peer's HTTP proxy."""
 
@@ -261,17 +268,17 @@ class ProxySpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "self.port != 65002 && self.port != 65003",
-                    "port 65002 (upload) and 65003 (metrics) are taken by the peer",
+                    f"self.port != {ports.UPLOAD} && self.port != {ports.PEER_METRICS}",
+                    PEER_PORTS_TAKEN,
                     ".port",
                 )
             ]
         }
     )
 
-    port: int = Field(default=65001, ge=1, le=65535, description="Proxy port in the pod.")
+    port: int = Field(default=ports.PROXY, ge=1, le=65535, description="Proxy port in the pod.")
     host_port: int = Field(
-        default=65001,
+        default=ports.PROXY,
         ge=0,
         le=65535,
         description="Port of the proxy on each node's own address: a client on a node "
@@ -312,8 +319,8 @@ class ProxySpec(_Model):
 
     @model_validator(mode="after")
     def _port_free(self) -> ProxySpec:
-        if self.port in (65002, 65003):
-            raise ValueError("port 65002 (upload) and 65003 (metrics) are taken by the peer")
+        if self.port in (ports.UPLOAD, ports.PEER_METRICS):
+            raise ValueError(PEER_PORTS_TAKEN)
         return self
 
 

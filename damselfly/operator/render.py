@@ -23,7 +23,8 @@ from damselfly.api.rules import RenderedRules as RenderedRules
 from damselfly.api.rules import RuleVerdict as RuleVerdict
 from damselfly.api.rules import render_rules as render_rules
 from damselfly.api.v1alpha1 import API_VERSION, GROUP, P2PCluster, ProxyRule
-from damselfly.peer.config import (
+from damselfly.config import ports
+from damselfly.config.peer import (
     PeerConfig,
     ProxySection,
     RulesApiSection,
@@ -31,7 +32,7 @@ from damselfly.peer.config import (
     SchedulerSection,
     StorageSection,
 )
-from damselfly.quantity import parse_duration, parse_size
+from damselfly.config.units import parse_duration, parse_size
 
 FIELD_MANAGER = "damselfly-operator"
 MANAGED_BY = "damselfly-operator"
@@ -43,9 +44,6 @@ CONFIG_DIR = "/etc/damselfly"
 PEER_CONFIG_KEY = "peer.yaml"
 RULES_KEY = "rules.yaml"
 CACHE_DIR = "/var/cache/damselfly"
-UPLOAD_PORT = 65002
-PEER_METRICS_PORT = 65003
-SCHEDULER_METRICS_PORT = 8000
 RUN_AS = 65532  # the image's non-root user
 
 
@@ -259,8 +257,8 @@ def _peer_container(cluster: P2PCluster, seed: bool) -> dict[str, Any]:
         "env": _env(),
         "ports": [
             _proxy_port(cluster, seed),
-            {"name": "upload", "containerPort": UPLOAD_PORT, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": PEER_METRICS_PORT, "protocol": "TCP"},
+            {"name": "upload", "containerPort": ports.UPLOAD, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ports.PEER_METRICS, "protocol": "TCP"},
         ],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},
@@ -429,11 +427,11 @@ def scheduler_deployment(cluster: P2PCluster) -> dict[str, Any]:
             "--port",
             str(sched.port),
             "--metrics-port",
-            str(SCHEDULER_METRICS_PORT),
+            str(ports.SCHEDULER_METRICS),
         ],
         "ports": [
             {"name": "api", "containerPort": sched.port, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": SCHEDULER_METRICS_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ports.SCHEDULER_METRICS, "protocol": "TCP"},
         ],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "api"},
@@ -485,7 +483,7 @@ def services(cluster: P2PCluster) -> list[dict[str, Any]]:
                 "selector": selector(cluster.name, "scheduler"),
                 "ports": [
                     _port("api", spec.scheduler.port, "api"),
-                    _port("metrics", SCHEDULER_METRICS_PORT, "metrics"),
+                    _port("metrics", ports.SCHEDULER_METRICS, "metrics"),
                 ],
             },
         },
@@ -498,8 +496,8 @@ def services(cluster: P2PCluster) -> list[dict[str, Any]]:
                 "publishNotReadyAddresses": True,
                 "selector": selector(cluster.name, "seed-peer"),
                 "ports": [
-                    _port("upload", UPLOAD_PORT, "upload"),
-                    _port("metrics", PEER_METRICS_PORT, "metrics"),
+                    _port("upload", ports.UPLOAD, "upload"),
+                    _port("metrics", ports.PEER_METRICS, "metrics"),
                 ],
             },
         },

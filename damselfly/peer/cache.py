@@ -9,7 +9,7 @@ import time
 import aiohttp
 from multidict import CIMultiDict
 
-from damselfly.peer.config import StorageSection
+from damselfly.config.peer import StorageSection
 from damselfly.peer.download import P2P, Download
 from damselfly.peer.gc import GcPolicy, StoredTask, select_evictions
 from damselfly.peer.metrics import PeerMetrics

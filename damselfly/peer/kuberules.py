@@ -38,8 +38,8 @@ from damselfly.api.rules import (
     ruleset_from_objects,
 )
 from damselfly.api.v1alpha1 import API_VERSION
+from damselfly.config.peer import RulesApiSection
 from damselfly.kube import ApiError, Kube, load_credentials, resource_path
-from damselfly.peer.config import RulesApiSection
 from damselfly.peer.rulesource import RulesRejected, RulesSource
 
 log = logging.getLogger(__name__)

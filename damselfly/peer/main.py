@@ -22,11 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from damselfly import __version__
 from damselfly.api.ruleset import RuleSet
-from damselfly.configfile import ConfigError
+from damselfly.config.load import ConfigError
+from damselfly.config.peer import PeerConfig, load_config
 from damselfly.peer.access import GuardedResolver, check_upstream
 from damselfly.peer.announcer import Announcer
 from damselfly.peer.cache import Cache
-from damselfly.peer.config import PeerConfig, load_config
 from damselfly.peer.download import P2P
 from damselfly.peer.kuberules import KubeRules
 from damselfly.peer.metrics import PeerMetrics

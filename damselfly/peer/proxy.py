@@ -15,10 +15,10 @@ import aiohttp
 import h11
 from multidict import CIMultiDict
 
+from damselfly.config.peer import ProxySection
 from damselfly.peer import origin
 from damselfly.peer.access import Refused, check_basic_auth, check_upstream, client_allowed
 from damselfly.peer.cache import Cache
-from damselfly.peer.config import ProxySection
 from damselfly.peer.download import DownloadFailed, NotCacheable
 from damselfly.peer.http1 import ClientConnection, ClientGone
 from damselfly.peer.httputil import describe_error

@@ -24,8 +24,8 @@ import yaml
 from pydantic import ValidationError
 
 from damselfly.api.ruleset import RuleSet
-from damselfly.configfile import describe_validation_error
-from damselfly.peer.config import PeerConfig
+from damselfly.config.load import describe_validation_error
+from damselfly.config.peer import PeerConfig
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import RulesHolder
 from damselfly.peer.rules import CompiledRules

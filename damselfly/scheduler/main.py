@@ -12,8 +12,8 @@ import sys
 from aiohttp import web
 
 from damselfly import __version__
-from damselfly.configfile import ConfigError
-from damselfly.scheduler.config import SchedulerConfig, load_config
+from damselfly.config.load import ConfigError
+from damselfly.config.scheduler import SchedulerConfig, load_config
 from damselfly.scheduler.service import SchedulerService
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ async def serve(config: SchedulerConfig, host: str, port: int, metrics_port: int
                 "version": __version__,
                 "api": f"{host}:{api_port}",
                 "metrics": f"{host}:{bound_metrics}",
-                "candidate_parents": config.candidateParents,
-                "announce_interval": config.announceInterval,
+                "candidate_parents": config.candidate_parents,
+                "announce_interval": config.announce_interval,
             },
         )
         stop = asyncio.Event()

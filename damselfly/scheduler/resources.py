@@ -14,6 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 
+from damselfly.config.scheduler import Limits
 from damselfly.scheduler import evaluator, hashring
 from damselfly.scheduler.api import (
     AnnounceHost,
@@ -142,18 +143,6 @@ class PieceOutcome:
 
 
 NO_PARENTS = evaluator.parents_index({})
-
-
-@dataclass(slots=True)
-class Limits:
-    """Tunables of scheduling and expiry (from the scheduler config)."""
-
-    candidate_parents: int = 4
-    filter_sample: int = 15
-    max_examined: int = 120  # peers looked at per schedule, bounding its cost
-    announce_interval: float = 5.0
-    host_ttl: float = 15.0
-    reschedule_limit: int = 5
 
 
 class Resources:

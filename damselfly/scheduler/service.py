@@ -19,8 +19,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from damselfly.config.scheduler import SchedulerConfig
 from damselfly.scheduler import api
-from damselfly.scheduler.config import SchedulerConfig
 from damselfly.scheduler.metrics import SchedulerMetrics
 from damselfly.scheduler.resources import Decision, Resources
 
@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
-# At most this many seeds are tried for one schedule before going back to source.
-MAX_SEED_ATTEMPTS = 3
 # Bodies are small JSON; an announce of a host with many tasks is the largest.
 MAX_BODY = 32 << 20
 
@@ -70,7 +68,7 @@ class SchedulerService:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.config.seedTriggerTimeout),
+            timeout=aiohttp.ClientTimeout(total=self.config.seed_trigger_timeout),
             trust_env=False,
         )
         self._sweeper = asyncio.create_task(self._sweep())
@@ -237,7 +235,7 @@ class SchedulerService:
         """Trigger a seed when the decision asks for one; otherwise answer as decided."""
         if not decision.seeds_to_try:
             return decision.schedule
-        for seed_id in decision.seeds_to_try[:MAX_SEED_ATTEMPTS]:
+        for seed_id in decision.seeds_to_try[: self.config.seed_attempts]:
             host = self.resources.hosts.get(seed_id)
             if host is None:
                 continue

@@ -10,10 +10,10 @@ import pytest
 
 from damselfly.api.rules import render_rules, ruleset_from_objects
 from damselfly.api.v1alpha1 import P2PCluster, ProxyRule
-from damselfly.configfile import ConfigError
+from damselfly.config.load import ConfigError
+from damselfly.config.peer import parse_config
 from damselfly.operator import status as st
 from damselfly.operator.render import peer_config, peer_rbac
-from damselfly.peer.config import parse_config
 from damselfly.peer.kuberules import (
     Resync,
     apply_event,

@@ -14,13 +14,13 @@ from pydantic import ValidationError
 
 from damselfly.api.ruleset import RuleSet
 from damselfly.api.v1alpha1 import P2PCluster, ProxyRule
+from damselfly.config.peer import parse_config
 from damselfly.operator.render import (
     CONFIG_HASH_ANNOTATION,
     RULES_KEY,
     render_cluster,
     render_rules,
 )
-from damselfly.peer.config import parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from damselfly.config.peer import StorageSection
 from damselfly.peer.announcer import Announcer
 from damselfly.peer.cache import Cache
-from damselfly.peer.config import StorageSection
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.rangefetch import RangeFetcher
 from damselfly.peer.store import PieceStore

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from damselfly.api.ruleset import RuleSet
-from damselfly.peer.config import PeerConfig
+from damselfly.config.peer import PeerConfig
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.proxy import RulesHolder
 from damselfly.peer.rules import CompiledRules

@@ -8,14 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from damselfly.api.ruleset import DEFAULT_FILTERED_QUERY_PARAMS, Rule, RuleSet
-from damselfly.configfile import ConfigError
-from damselfly.peer.config import parse_config
+from damselfly.config.load import ConfigError
+from damselfly.config.peer import parse_config
+from damselfly.config.units import parse_duration, parse_size
 from damselfly.peer.origin import not_cacheable
 from damselfly.peer.pieces import MiB, piece_at, piece_length, pieces_covering
 from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
 from damselfly.peer.rules import CompiledRules, upstream_url
 from damselfly.peer.taskid import content_digest, filter_query, task_key
-from damselfly.quantity import parse_duration, parse_size
 
 OID = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393"
 DEFAULTS = DEFAULT_FILTERED_QUERY_PARAMS

@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from damselfly.configfile import ConfigError
+from damselfly.config.load import ConfigError
+from damselfly.config.scheduler import SchedulerConfig, parse_config
 from damselfly.scheduler.client import SchedulerClient, normalize_address
-from damselfly.scheduler.config import SchedulerConfig, parse_config
 
 
 def test_defaults_follow_the_design() -> None:
@@ -21,7 +21,7 @@ def test_defaults_follow_the_design() -> None:
 def test_durations_and_explicit_ttl() -> None:
     config = parse_config({"announceInterval": "2s", "hostTTL": "1m", "seedTriggerTimeout": 0.5})
     assert config.limits().host_ttl == 60.0
-    assert config.seedTriggerTimeout == 0.5
+    assert config.seed_trigger_timeout == 0.5
 
 
 def test_errors_name_the_key_and_value() -> None:

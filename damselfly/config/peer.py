@@ -21,8 +21,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from damselfly.api.ruleset import DEFAULT_FILTERED_QUERY_PARAMS, Rule
-from damselfly.configfile import load_model, parse_model
-from damselfly.quantity import parse_duration, parse_size
+from damselfly.config import ports
+from damselfly.config.load import load_model, parse_model
+from damselfly.config.units import parse_duration, parse_size
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
@@ -52,7 +53,7 @@ class BasicAuth(_Section):
 
 class ProxySection(_Section):
     host: str = "0.0.0.0"
-    port: int = Field(default=65001, ge=0, le=65535)
+    port: int = Field(default=ports.PROXY, ge=0, le=65535)
     connect_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
         default_factory=lambda: [443],
         description="Ports CONNECT may reach; the proxy is not an open relay.",
@@ -97,7 +98,7 @@ class ListenSection(_Section):
 
 
 class UploadSection(ListenSection):
-    port: int = Field(default=65002, ge=0, le=65535)
+    port: int = Field(default=ports.UPLOAD, ge=0, le=65535)
     slots: int = Field(default=32, ge=1, description="Pieces served to other peers at once.")
     slots_per_task: int | None = Field(
         default=None,
@@ -187,7 +188,7 @@ class PeerConfig(_Section):
     seed: bool = False
     proxy: ProxySection = Field(default_factory=ProxySection)
     upload: UploadSection = Field(default_factory=UploadSection)
-    metrics: ListenSection = Field(default_factory=lambda: ListenSection(port=65003))
+    metrics: ListenSection = Field(default_factory=lambda: ListenSection(port=ports.PEER_METRICS))
     storage: StorageSection = Field(default_factory=StorageSection)
     rules: RulesSection = Field(default_factory=RulesSection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
