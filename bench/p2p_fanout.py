@@ -437,8 +437,6 @@ def start_swarm(args: argparse.Namespace, setup: Setup, work: Path) -> None:
         path = work / f"{host.name}.yaml"
         path.write_text(yaml.safe_dump(config))
         launch = [PYTHON, str(REPO / "bench" / "p2p_launch.py")]
-        for assignment in args.code_set:
-            launch += ["--set", assignment]
         for name in args.patch:
             launch += ["--patch", name]
         argv = [*launch, "--", "--log-level", args.log_level, "peer", "-c", str(path)]
@@ -619,19 +617,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stall-timeout", type=float, default=10.0)
     parser.add_argument("--piece-timeout", type=float, default=30.0)
     parser.add_argument(
-        "--peer-set", action="append", default=[], help="peer config, e.g. upload.slots=64"
+        "--peer-set",
+        action="append",
+        default=[],
+        help="peer config, e.g. upload.slots=64 or transfer.pieceWindow=32",
     )
     parser.add_argument(
         "--seed-set", action="append", default=[], help="seed-only config, e.g. upload.slots=2"
     )
     parser.add_argument(
         "--scheduler-set", action="append", default=[], help="e.g. candidateParents=8"
-    )
-    parser.add_argument(
-        "--code-set",
-        action="append",
-        default=[],
-        help="bench-only constant, e.g. damselfly.peer.swarm.MAX_REQUESTS_PER_PARENT=8",
     )
     parser.add_argument(
         "--patch", action="append", default=[], help="peer patch, see bench/p2p_launch.py"

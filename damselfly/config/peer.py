@@ -97,6 +97,13 @@ class ListenSection(_Section):
     port: int = Field(ge=0, le=65535)
 
 
+# A seed serves each task to at most this many children at once by default: the
+# rest fetch from those children (measured with bench/p2p_fanout.py: 3.2x -> ~1.4x
+# the fluid bound for 8 peers).
+SEED_SLOTS_PER_TASK = 2
+PEER_SLOTS_PER_TASK = 4
+
+
 class UploadSection(ListenSection):
     port: int = Field(default=ports.UPLOAD, ge=0, le=65535)
     slots: int = Field(default=32, ge=1, description="Pieces served to other peers at once.")
@@ -108,6 +115,10 @@ class UploadSection(ListenSection):
         "every child at once gives each a sliver of its upload; capped, children go to other "
         "holders and trade among themselves.",
     )
+
+    def task_slots(self, seed: bool) -> int:
+        """Pieces of one task served at once: slotsPerTask, or the default for the role."""
+        return self.slots_per_task or (SEED_SLOTS_PER_TASK if seed else PEER_SLOTS_PER_TASK)
 
 
 class StorageSection(_Section):
@@ -182,6 +193,70 @@ class SchedulerSection(_Section):
     )
 
 
+class TransferSection(_Section):
+    """How a download fetches its pieces. The defaults are the measured ones
+    (bench/p2p_fanout.py sets these with --peer-set transfer.NAME=VALUE)."""
+
+    origin_workers: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Pieces fetched from the origin at once without a swarm: enough "
+        "range GETs to fill the link, few enough not to look like a flood to the origin.",
+    )
+    swarm_workers: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Pieces fetched at once in a swarm download, over all parents (and the "
+        "origin once stalled): several parents must be kept busy at the same time.",
+    )
+    piece_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="Tries of one piece from the origin before the download fails: a "
+        "blip is retried, a broken origin fails the clients quickly.",
+    )
+    reschedule_limit: int = Field(
+        default=3,
+        ge=0,
+        le=1000,
+        description="New parents asked for when every parent is gone; then the origin: "
+        "a swarm that keeps failing must not hold the download up.",
+    )
+    parent_refresh: Seconds = Field(
+        default=1.0,
+        description="While no parent holds a wanted piece, ask for more parents this "
+        "often: peers that joined later may hold it.",
+    )
+    requests_per_parent: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Pieces requested from one parent at once: more spreads a child over "
+        "fewer parents.",
+    )
+    requests_per_seed: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Pieces requested from one seed at once: one keeps the seed from being "
+        "the only source of every piece while the children could trade among themselves.",
+    )
+    piece_window: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="Rarest-first looks this many wanted pieces ahead of the reading "
+        "position, per parent: wider spreads pieces, narrower keeps a reader fed.",
+    )
+    busy_backoff: Seconds = Field(
+        default=0.5,
+        description="A parent that answered 503 (no upload slot free) is left alone this long.",
+    )
+
+
 class PeerConfig(_Section):
     host_id: str | None = Field(default=None, description="Defaults to the hostname.")
     advertise_ip: str | None = Field(default=None, description="Address other peers dial.")
@@ -192,6 +267,7 @@ class PeerConfig(_Section):
     storage: StorageSection = Field(default_factory=StorageSection)
     rules: RulesSection = Field(default_factory=RulesSection)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)
+    transfer: TransferSection = Field(default_factory=TransferSection)
 
 
 def parse_config(data: Any, source: str = "config") -> PeerConfig:

@@ -9,7 +9,7 @@ import time
 import aiohttp
 from multidict import CIMultiDict
 
-from damselfly.config.peer import StorageSection
+from damselfly.config.peer import StorageSection, TransferSection
 from damselfly.peer.download import P2P, Download
 from damselfly.peer.gc import GcPolicy, StoredTask, select_evictions
 from damselfly.peer.metrics import PeerMetrics
@@ -29,8 +29,10 @@ class Cache:
         fetcher: RangeFetcher,
         metrics: PeerMetrics,
         p2p: P2P | None = None,
+        transfer: TransferSection | None = None,
     ) -> None:
         self.store = store
+        self.transfer = transfer or TransferSection()
         self.session = session
         self.fetcher = fetcher
         self.metrics = metrics
@@ -76,6 +78,7 @@ class Cache:
             self.reserve,
             p2p=self.p2p,
             back_to_source=back_to_source,
+            transfer=self.transfer,
         )
         self.active[key.task_id] = download
         download.start(self._finished)

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
+from damselfly.config.peer import TransferSection
 from damselfly.peer import origin
 from damselfly.peer.httputil import describe_error
 from damselfly.peer.metrics import PeerMetrics
@@ -39,11 +40,6 @@ from damselfly.scheduler.client import SchedulerClient, SchedulerError
 log = logging.getLogger(__name__)
 
 WRITE_BUFFER = 1 << 20
-PIECE_WORKERS = 4
-SWARM_WORKERS = 8
-PIECE_ATTEMPTS = 3
-RESCHEDULE_LIMIT = 3
-PARENT_REFRESH = 1.0  # seconds between asking for more parents while starved
 # Request headers a seed needs to fetch the same URL (LFS hrefs carry auth headers).
 SEED_HEADERS = ("authorization", "cookie", "x-amz-security-token")
 
@@ -90,8 +86,10 @@ class Download:
         reserve: Reserve,
         p2p: P2P | None = None,
         back_to_source: bool = False,
+        transfer: TransferSection | None = None,
     ) -> None:
         self.key = key
+        self.transfer = transfer or TransferSection()
         self.url = url
         self.p2p = p2p
         self.back_to_source = back_to_source
@@ -271,7 +269,7 @@ class Download:
     async def _download_from_swarm(self, schedule: api.Schedule) -> TaskRecord | None:
         """Pieces from parents (the origin fills what they cannot); None: no parent answered."""
         assert self.p2p is not None
-        swarm = Swarm(self.key.task_id, self.session, self.p2p.piece_timeout)
+        swarm = Swarm(self.key.task_id, self.session, self.p2p.piece_timeout, self.transfer)
         self._digests = dict(schedule.piece_digests)
         swarm.add(schedule.parents)
         try:
@@ -374,7 +372,7 @@ class Download:
                     await self._parent_failed(swarm, exc)
                 except (aiohttp.ClientError, OSError, TimeoutError, origin.OriginError) as exc:
                     failures[number] = failures.get(number, 0) + 1
-                    if failures[number] >= PIECE_ATTEMPTS:
+                    if failures[number] >= self.transfer.piece_attempts:
                         raise DownloadFailed(
                             f"piece {number} failed {failures[number]} times: {describe_error(exc)}"
                         ) from exc
@@ -386,7 +384,7 @@ class Download:
                 finally:
                     in_flight.discard(number)
 
-        count = SWARM_WORKERS if swarm is not None else PIECE_WORKERS
+        count = self.transfer.swarm_workers if swarm is not None else self.transfer.origin_workers
         workers = [asyncio.create_task(worker()) for _ in range(max(1, min(count, total)))]
         try:
             await asyncio.gather(*workers)
@@ -469,10 +467,10 @@ class Download:
         """
         await swarm.wait_news(0.5)
         if not swarm.alive():
-            if self._reschedules < RESCHEDULE_LIMIT:
+            if self._reschedules < self.transfer.reschedule_limit:
                 self._reschedules += 1
                 await self._reschedule(swarm, refresh=False)
-        elif time.monotonic() - self._last_refresh >= PARENT_REFRESH:
+        elif time.monotonic() - self._last_refresh >= self.transfer.parent_refresh:
             await self._reschedule(swarm, refresh=True)
 
     async def _fetch_piece(

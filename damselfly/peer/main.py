@@ -43,12 +43,6 @@ from damselfly.scheduler.client import SchedulerClient
 
 log = logging.getLogger(__name__)
 
-# A seed serves each task to at most this many children at once by default: the
-# rest fetch from those children (measured with bench/p2p_fanout.py: 3.2x -> ~1.4x
-# the fluid bound for 8 peers).
-SEED_SLOTS_PER_TASK = 2
-PEER_SLOTS_PER_TASK = 4
-
 
 class Peer:
     """One running peer; ``start`` binds its ports, ``stop`` releases everything."""
@@ -83,7 +77,13 @@ class Peer:
                 stall_timeout=self.config.scheduler.stall_timeout,
             )
         self.cache = Cache(
-            self.store, self.config.storage, self.session, self.fetcher, self.metrics, p2p
+            self.store,
+            self.config.storage,
+            self.session,
+            self.fetcher,
+            self.metrics,
+            p2p,
+            self.config.transfer,
         )
         defaults = tuple(self.config.proxy.default_filtered_query_params)
         self.rules = RulesHolder(CompiledRules(RuleSet(), defaults))
@@ -100,9 +100,7 @@ class Peer:
         self._servers.append(proxy_server)
         self.proxy_port = proxy_server.sockets[0].getsockname()[1]
         self.metrics_port = await self._serve_app(self._health_app(), self.config.metrics)
-        per_task = self.config.upload.slots_per_task or (
-            SEED_SLOTS_PER_TASK if self.config.seed else PEER_SLOTS_PER_TASK
-        )
+        per_task = self.config.upload.task_slots(self.config.seed)
         self.upload = UploadServer(
             self.cache, self.config.upload.slots, self._seed if self.config.seed else None, per_task
         )

@@ -18,18 +18,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from damselfly.config.peer import TransferSection
 from damselfly.peer.pieces import Piece
 from damselfly.scheduler import api
 
 log = logging.getLogger(__name__)
 
-MAX_REQUESTS_PER_PARENT = 4
-# A seed serves every child; one request at a time each keeps it from being the
-# only source of every piece while the children could trade among themselves.
-MAX_REQUESTS_PER_SEED = 1
-# Rarest-first looks this many wanted pieces ahead of the reading position, per parent.
-PIECE_WINDOW = 16
-BUSY_BACKOFF = 0.5  # a parent that answered 503 is left alone this long
+# The defaults of the tunables (config: transfer), for callers that pass none.
+DEFAULTS = TransferSection()
+MAX_REQUESTS_PER_PARENT = DEFAULTS.requests_per_parent
+PIECE_WINDOW = DEFAULTS.piece_window
 
 
 def choose_piece(
@@ -37,6 +35,7 @@ def choose_piece(
     links: list[ParentLink],
     rng: random.Random,
     reader_next: int | None = None,
+    piece_window: int = PIECE_WINDOW,
 ) -> tuple[int, ParentLink] | None:
     """Pure piece selection over parents that can take a request now.
 
@@ -44,15 +43,15 @@ def choose_piece(
     in order waits for. When it is not in flight (it is ``wanted[0]``) and a
     peer (not only a seed) holds it, it goes first, so the reader keeps
     receiving bytes. Every other request takes the rarest piece among the next
-    PIECE_WINDOW wanted ones per parent (ties at random): with many parents,
-    close to rarest-first over the object, so children hold different pieces
-    and trade them; with a lone seed, the reader's next bytes are never far
-    off. Fetching every piece in order instead makes all children chase the
-    same pieces, held only by the peers furthest ahead, and leaves the rest of
-    the swarm with nothing to upload. Putting the in-order piece first even
-    when only the seed has it would send every child to the seed for the
-    newest piece at once. A piece is taken from a non-seed holder when there
-    is one, the least busy first.
+    ``piece_window`` (config transfer.pieceWindow) wanted ones per parent (ties
+    at random): with many parents, close to rarest-first over the object, so
+    children hold different pieces and trade them; with a lone seed, the
+    reader's next bytes are never far off. Fetching every piece in order
+    instead makes all children chase the same pieces, held only by the peers
+    furthest ahead, and leaves the rest of the swarm with nothing to upload.
+    Putting the in-order piece first even when only the seed has it would send
+    every child to the seed for the newest piece at once. A piece is taken from
+    a non-seed holder when there is one, the least busy first.
     """
     holders: dict[int, list[ParentLink]] = {}
     for number in wanted:
@@ -65,7 +64,7 @@ def choose_piece(
     if reader_waits and any(not link.parent.seed for link in holders.get(wanted[0], [])):
         number = wanted[0]
     else:
-        ahead = PIECE_WINDOW * max(1, len(links))
+        ahead = piece_window * max(1, len(links))
         window = [n for n in wanted[:ahead] if n in holders] or list(holders)
         fewest = min(len(holders[n]) for n in window)
         number = rng.choice([n for n in window if len(holders[n]) == fewest])
@@ -95,10 +94,18 @@ class ParentLink:
     in_flight: int = 0
     busy_until: float = 0.0  # answered 503 (no upload slot): try again after this
     watcher: asyncio.Task[None] | None = None
+    # Requests in flight to this parent at most (transfer.requestsPerParent/-Seed).
+    max_requests: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_requests is None:
+            self.max_requests = (
+                DEFAULTS.requests_per_seed if self.parent.seed else DEFAULTS.requests_per_parent
+            )
 
     def has_room(self) -> bool:
-        limit = MAX_REQUESTS_PER_SEED if self.parent.seed else MAX_REQUESTS_PER_PARENT
-        return self.in_flight < limit
+        assert self.max_requests is not None
+        return self.in_flight < self.max_requests
 
     def ready(self, now: float) -> bool:
         return self.usable and now >= self.busy_until
@@ -126,8 +133,15 @@ class ParentError(Exception):
 
 
 class Swarm:
-    def __init__(self, task_id: str, session: aiohttp.ClientSession, piece_timeout: float) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        session: aiohttp.ClientSession,
+        piece_timeout: float,
+        transfer: TransferSection = DEFAULTS,
+    ) -> None:
         self.task_id = task_id
+        self.transfer = transfer
         self.session = session
         self.piece_timeout = piece_timeout
         self.links: dict[str, ParentLink] = {}
@@ -143,9 +157,14 @@ class Swarm:
                 continue
             if link is not None and link.blocked:
                 continue
-            link = ParentLink(parent)
+            link = ParentLink(parent, max_requests=self._max_requests(parent))
             self.links[parent.host_id] = link
             link.watcher = asyncio.create_task(self._watch(link))
+
+    def _max_requests(self, parent: api.Parent) -> int:
+        if parent.seed:
+            return self.transfer.requests_per_seed
+        return self.transfer.requests_per_parent
 
     def alive(self) -> bool:
         return any(link.usable for link in self.links.values())
@@ -160,7 +179,7 @@ class Swarm:
         """The next piece to fetch and the parent to fetch it from (see choose_piece)."""
         now = time.monotonic()
         available = [link for link in self.links.values() if link.ready(now)]
-        return choose_piece(wanted, available, self._rng, reader_next)
+        return choose_piece(wanted, available, self._rng, reader_next, self.transfer.piece_window)
 
     def block(self, host_id: str) -> None:
         if host_id in self.links:
@@ -237,7 +256,7 @@ class Swarm:
                 raise ParentError(host, "unreachable", f"{host}: {exc}") from exc
             try:
                 if response.status == 503:
-                    link.busy_until = time.monotonic() + BUSY_BACKOFF
+                    link.busy_until = time.monotonic() + self.transfer.busy_backoff
                     raise ParentBusy(host)
                 if response.status != 206:
                     raise ParentError(host, "unreachable", f"{host} answered {response.status}")
