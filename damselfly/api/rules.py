@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from damselfly.api.ruleset import Rule, RuleSet
-from damselfly.api.v1alpha1 import GROUP, ProxyRule, regex_error
+from damselfly.api.ruleset import Rule, RuleSet, regex_error
+from damselfly.api.v1alpha1 import GROUP, ProxyRule
 
 # How a peer reports the rules it runs: a Lease per peer with these labels (see
 # damselfly.peer.kuberules), read back by the operator (damselfly.operator.status).
@@ -50,18 +50,11 @@ class RenderedRules:
 
 def peer_rule(rule: ProxyRule) -> Rule:
     """The peer's form of a ProxyRule; raises ValueError when the peer would refuse it."""
-    spec = rule.spec
-    error = regex_error(spec.regex)
+    error = regex_error(rule.spec.regex)
     if error:
         raise ValueError(error)
     try:
-        return Rule(
-            regex=spec.regex,
-            use_tls=spec.use_tls,
-            redirect=spec.redirect,
-            filtered_query_params=list(spec.filtered_query_params or []),
-            content_addressed=spec.content_addressed,
-        )
+        return Rule.model_validate(rule.spec.rule_fields())
     except ValidationError as exc:
         messages = (e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise ValueError("; ".join(messages)) from None

@@ -18,6 +18,8 @@ from typing import Any
 import re2
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 # Query keys that vary per request (signatures, expiry, tokens) without changing
 # the object: left out of the cache key by default. "*" ends a prefix.
@@ -58,10 +60,28 @@ DEFAULT_FILTERED_QUERY_PARAMS: tuple[str, ...] = (
 )
 
 
-class Rule(BaseModel):
-    """One proxy rule, as users write it."""
+def regex_error(regex: str) -> str | None:
+    """Why RE2 rejects ``regex``, or None: the one RE2 check, for rule files and ProxyRules.
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    Not a validator of ProxyRuleSpec: the operator must still read such a rule to
+    report the reason in its status (CEL cannot check RE2)."""
+    try:
+        re2.compile(regex)
+    except re2.error as exc:
+        return f"regex {regex!r} is not valid RE2: {exc}"
+    return None
+
+
+class RuleFields(BaseModel):
+    """The fields of one rule, declared once: names, keys, types, defaults, meaning.
+
+    ``Rule`` (a rules file, the peer's form) and ``v1alpha1.ProxyRuleSpec`` (the
+    custom resource) both take their rule fields from here, each adding only the
+    constraints of its own format (``narrowed``); a field added here is in both,
+    and in the rendered rule set, without touching another file.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     regex: str = Field(
         min_length=1,
@@ -74,27 +94,50 @@ class Rule(BaseModel):
     )
     redirect: str | None = Field(
         default=None,
-        min_length=1,
-        description="Replace the upstream host (host or host:port).",
+        description="Send matching requests to this host[:port] instead.",
     )
-    filtered_query_params: list[str] = Field(
-        default_factory=list,
+    filtered_query_params: list[str] | None = Field(
+        default=None,
         alias="filteredQueryParams",
-        description="Query keys left out of the cache key, added to the defaults.",
+        description="Query keys left out of the cache key (added to the cluster's list); "
+        "a trailing * matches a prefix.",
     )
     content_addressed: bool = Field(
         default=True,
         alias="contentAddressed",
-        description="Treat a sha256 in the path as the object's digest and verify it.",
+        description="Treat a sha256 in the path (OCI blobs, LFS oids, HF CDN) as the "
+        "object's digest and verify it.",
     )
+
+    def rule_fields(self) -> dict[str, Any]:
+        """The rule fields that are set, by name: what a ``Rule`` is built from."""
+        return self.model_dump(include=set(RuleFields.model_fields), exclude_none=True)
+
+
+def narrowed(name: str, **constraints: Any) -> Any:
+    """Rule field ``name`` as declared in RuleFields, with ``constraints`` added (a
+    ``default_factory`` given here replaces the declared default)."""
+    base = RuleFields.model_fields[name]
+    if "default_factory" in constraints:
+        base = FieldInfo.merge_field_infos(base, default=PydanticUndefined)
+    added: FieldInfo = Field(**constraints)
+    return FieldInfo.merge_field_infos(base, added)
+
+
+class Rule(RuleFields):
+    """One proxy rule, as users write it (in a rules file or a peer's config)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    redirect: str | None = narrowed("redirect", min_length=1)
+    filtered_query_params: list[str] = narrowed("filtered_query_params", default_factory=list)
 
     @field_validator("regex")
     @classmethod
     def _regex_compiles_in_re2(cls, value: str) -> str:
-        try:
-            re2.compile(value)
-        except re2.error as exc:
-            raise ValueError(f"regex {value!r} is not valid RE2: {exc}") from exc
+        error = regex_error(value)
+        if error:
+            raise ValueError(error)
         return value
 
     @field_validator("redirect")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-import re2
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,6 +22,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
+from damselfly.api.ruleset import RuleFields, narrowed
 from damselfly.config import ports
 
 GROUP = "damselfly.io"
@@ -411,18 +411,8 @@ class ClusterRef(_Model):
     )
 
 
-def regex_error(regex: str) -> str | None:
-    """Why RE2 rejects ``regex``, or None. Not a validator: the operator must still
-    read such a rule to report the reason in its status (CEL cannot check RE2)."""
-    try:
-        re2.compile(regex)
-    except re2.error as exc:
-        return f"regex {regex!r} is not valid RE2: {exc}"
-    return None
-
-
-class ProxyRuleSpec(_Model):
-    """Which URLs the peers fetch through the swarm, and how (Dragonfly's field names)."""
+class _RuleTarget(_Model):
+    """Which cluster a ProxyRule belongs to, and where it stands among the others."""
 
     cluster_ref: ClusterRef = Field(description="The P2PCluster this rule belongs to.")
     priority: int = Field(
@@ -431,32 +421,20 @@ class ProxyRuleSpec(_Model):
         le=10000,
         description="Rules are tried in ascending priority, then by name; first match wins.",
     )
-    regex: str = Field(
-        min_length=1,
-        max_length=2048,
-        description="RE2 regex matched against scheme://host[:port]/path (no query).",
-    )
-    use_tls: bool = Field(
-        default=False,
-        alias="useTLS",
-        description="Fetch upstream over https although the client spoke http.",
-    )
-    redirect: str | None = Field(
-        default=None,
-        max_length=261,
-        pattern=HOST_PORT_PATTERN,
-        description="Send matching requests to this host[:port] instead.",
-    )
-    filtered_query_params: list[Annotated[str, Field(pattern=QUERY_KEY_PATTERN)]] | None = Field(
-        default=None,
-        max_length=256,
-        description="Query keys left out of the cache key (added to the cluster's list); "
-        "a trailing * matches a prefix.",
-    )
-    content_addressed: bool = Field(
-        default=True,
-        description="Treat a sha256 in the path (OCI blobs, LFS oids, HF CDN) as the "
-        "object's digest and verify it.",
+
+
+# The rule fields are ruleset.RuleFields; ProxyRuleSpec adds only what the API
+# server's schema states (lengths, patterns). The regex is not checked for RE2 here
+# (ruleset.regex_error): the operator must still read such a rule to report why.
+class ProxyRuleSpec(RuleFields, _RuleTarget):
+    """Which URLs the peers fetch through the swarm, and how (Dragonfly's field names)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+    regex: str = narrowed("regex", max_length=2048)
+    redirect: str | None = narrowed("redirect", max_length=261, pattern=HOST_PORT_PATTERN)
+    filtered_query_params: list[Annotated[str, Field(pattern=QUERY_KEY_PATTERN)]] | None = narrowed(
+        "filtered_query_params", max_length=256
     )
     disabled: bool = Field(default=False, description="Keep the rule but do not apply it.")
 
@@ -538,5 +516,4 @@ __all__ = [
     "ProxyRule",
     "ProxyRuleSpec",
     "ProxyRuleStatus",
-    "regex_error",
 ]

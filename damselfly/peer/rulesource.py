@@ -3,23 +3,23 @@
 The rules file (or a mounted ConfigMap directory holding ``rules.yaml``) is
 polled; kubelet swaps ConfigMap contents through an atomic ``..data`` symlink,
 so reading the file by path always sees one whole version. A new version is
-rendered into the effective config through a jinja2 template, parsed back, and
-the compiled rules replace the old ones in one assignment. A version that fails
-anywhere along that way leaves the last good rules in force.
+validated (``api.ruleset.RuleSet``), compiled, and replaces the old rules in one
+assignment; a version that fails leaves the last good rules in force. The
+effective config (``effective.yaml``) is written afterwards from the same model,
+as a record for people: it is not on the way from a rule set to the proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import jinja2
 import yaml
 from pydantic import ValidationError
 
@@ -32,13 +32,6 @@ from damselfly.peer.rules import CompiledRules
 
 log = logging.getLogger(__name__)
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("damselfly.peer", "templates"),
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
-
 
 class RulesRejected(ValueError):
     """A rules version that cannot be used; the message says why."""
@@ -50,26 +43,22 @@ def rules_path(configured: str) -> Path:
 
 
 def render_effective(config: PeerConfig, ruleset: RuleSet, source: str) -> str:
-    return _TEMPLATES.get_template("effective.yaml.j2").render(
-        proxy=config.proxy,
-        rules=ruleset.rules,
-        rules_hash=ruleset.digest(),
-        source=source,
-        rendered_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    """The effective config: the rules in force, every field of the model (defaults
+    included), and the proxy settings they apply under."""
+    rendered_at = datetime.now(UTC).isoformat(timespec="seconds")
+    body = {
+        "proxy": config.proxy.model_dump(
+            mode="json",
+            by_alias=True,
+            include={"port", "connect_ports", "default_filtered_query_params"},
+        ),
+        "rules": ruleset.model_dump(mode="json", by_alias=True)["rules"],
+    }
+    return (
+        f"# The effective proxy config of this peer, rendered by damselfly at {rendered_at}\n"
+        f"# from {source}. Do not edit: it is rewritten whenever the rules change.\n"
+        f"rulesHash: {json.dumps(ruleset.digest())}\n" + yaml.safe_dump(body, sort_keys=False)
     )
-
-
-def compile_effective(text: str, source: str) -> CompiledRules:
-    """Parse a rendered effective config back into compiled rules."""
-    try:
-        data: Any = yaml.safe_load(text)
-        ruleset = RuleSet.model_validate({"rules": data.get("rules") or []})
-    except yaml.YAMLError as exc:
-        raise RulesRejected(f"{source}: rendered config is not YAML: {exc}") from exc
-    except ValidationError as exc:
-        raise RulesRejected(describe_validation_error(exc, source)) from exc
-    defaults = tuple(data["proxy"]["defaultFilteredQueryParams"])
-    return CompiledRules(ruleset, defaults)
 
 
 def parse_rules(text: str, source: str) -> RuleSet:
@@ -105,11 +94,11 @@ class RulesSource:
         self.status = RulesStatus(holder.current.digest, len(holder.current), "none", time.time())
 
     def apply(self, ruleset: RuleSet, source: str) -> None:
-        """Render, re-parse, compile and swap in ``ruleset``; RulesRejected leaves the old."""
-        text = render_effective(self.config, ruleset, source)
-        compiled = compile_effective(text, source)
-        self._write_effective(text)
+        """Compile and swap in ``ruleset`` (validated, so it compiles), then record it."""
+        defaults = tuple(self.config.proxy.default_filtered_query_params)
+        compiled = CompiledRules(ruleset, defaults)
         self.holder.current = compiled
+        self._write_effective(render_effective(self.config, ruleset, source))
         self.status = RulesStatus(compiled.digest, len(compiled), source, time.time())
         self.metrics.rule_reloads.inc()
         self.metrics.set_rules(compiled.digest, len(compiled))
