@@ -14,14 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from damselfly.api.ruleset import Rule, RuleSet, regex_error
-from damselfly.api.v1alpha1 import GROUP, ProxyRule
-
-# How a peer reports the rules it runs: a Lease per peer with these labels (see
-# damselfly.peer.kuberules), read back by the operator (damselfly.operator.status).
-CLUSTER_LABEL = f"{GROUP}/cluster"
-COMPONENT_LABEL = f"{GROUP}/component"
-RULES_HASH_LABEL = f"{GROUP}/rules-hash"
-REPORT_COMPONENT = "peer-rules"
+from damselfly.api.v1alpha1 import ProxyRule
 
 
 @dataclass(frozen=True)

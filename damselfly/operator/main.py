@@ -17,12 +17,8 @@ from typing import Any
 
 import kopf
 
-from damselfly.api.rules import (
-    CLUSTER_LABEL,
-    COMPONENT_LABEL,
-    REPORT_COMPONENT,
-    RULES_HASH_LABEL,
-)
+from damselfly.api.labels import CLUSTER_LABEL, COMPONENT_LABEL
+from damselfly.api.report import REPORT_COMPONENT, RULES_HASH_LABEL
 from damselfly.api.v1alpha1 import API_VERSION, GROUP, VERSION
 from damselfly.kube import Kube, load_credentials
 from damselfly.operator.reconcile import Key, Reconciler, WorkQueue, work

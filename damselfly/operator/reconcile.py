@@ -17,13 +17,8 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from damselfly.api.rules import (
-    CLUSTER_LABEL,
-    COMPONENT_LABEL,
-    REPORT_COMPONENT,
-    parse_proxy_rules,
-    validation_message,
-)
+from damselfly.api import report
+from damselfly.api.rules import parse_proxy_rules, validation_message
 from damselfly.api.v1alpha1 import API_VERSION, P2PCluster
 from damselfly.kube import ApiError, Kube, resource_path
 from damselfly.operator import status as st
@@ -188,22 +183,22 @@ class Reconciler:
     async def _propagation(
         self, namespace: str, name: str, expected: str
     ) -> tuple[st.Propagation, float | None]:
-        """Which peers run ``expected``, from their Leases (see damselfly.peer.kuberules),
+        """Which peers run ``expected``, from their Leases (see damselfly.api.report),
         and in how many seconds the first live report runs out (None: no reports)."""
         leases = await self.kube.list(
             resource_path("coordination.k8s.io/v1", "Lease", namespace),
-            label_selector=f"{CLUSTER_LABEL}={name},{COMPONENT_LABEL}={REPORT_COMPONENT}",
+            label_selector=report.report_selector(name),
         )
         now = self.clock()
-        for stale in st.stale_leases(leases, now):
+        for stale in report.stale_leases(leases, now):
             try:
                 await self.kube.delete(
                     resource_path("coordination.k8s.io/v1", "Lease", namespace, stale)
                 )
             except ApiError as exc:  # housekeeping only; never fail a reconcile on it
                 log.warning("could not delete stale report %s: %s", stale, exc)
-        reports = st.live_reports(leases, now)
-        return st.propagation(reports, expected), st.next_expiry(reports, now)
+        reports = report.live_reports(leases, now)
+        return st.propagation(reports, expected), report.next_expiry(reports, now)
 
     # --- rules ---------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from damselfly.api.labels import CLUSTER_LABEL, COMPONENT_LABEL
 from damselfly.api.rules import RenderedRules as RenderedRules
 from damselfly.api.rules import RuleVerdict as RuleVerdict
 from damselfly.api.rules import render_rules as render_rules
@@ -36,8 +37,6 @@ from damselfly.config.units import parse_duration, parse_size
 
 FIELD_MANAGER = "damselfly-operator"
 MANAGED_BY = "damselfly-operator"
-CLUSTER_LABEL = f"{GROUP}/cluster"
-COMPONENT_LABEL = f"{GROUP}/component"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
 
 CONFIG_DIR = "/etc/damselfly"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from damselfly.api.rules import RULES_HASH_LABEL
+from damselfly.api.report import PeerReport
 from damselfly.operator.diagnose import Problem, describe
 
 READY = "Ready"
@@ -310,58 +310,6 @@ def rule_status(
 
 
 @dataclass(frozen=True)
-class PeerReport:
-    """One peer's Lease: the rules hash it runs, and until when the report holds."""
-
-    host: str
-    rules_hash: str
-    expires: float  # epoch seconds
-
-
-def parse_time(text: str) -> float | None:
-    """metav1.Time or MicroTime to epoch seconds; None when unreadable."""
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            continue
-    return None
-
-
-def peer_report(lease: dict[str, Any]) -> PeerReport | None:
-    """A peer's report from its Lease (labels: see damselfly.api.rules); None if malformed."""
-    meta = lease.get("metadata") or {}
-    spec = lease.get("spec") or {}
-    rules_hash = (meta.get("labels") or {}).get(RULES_HASH_LABEL)
-    renewed = parse_time(str(spec.get("renewTime") or ""))
-    if not rules_hash or renewed is None:
-        return None
-    duration = float(spec.get("leaseDurationSeconds") or 0)
-    host = str(spec.get("holderIdentity") or meta.get("name", "?"))
-    return PeerReport(host, str(rules_hash), renewed + duration)
-
-
-def live_reports(leases: list[dict[str, Any]], now: float) -> list[PeerReport]:
-    """Reports still renewed: a peer that died stops counting once its lease runs out."""
-    reports = (peer_report(lease) for lease in leases)
-    return sorted((r for r in reports if r is not None and r.expires > now), key=lambda r: r.host)
-
-
-STALE_REPORT_SECONDS = 600.0
-
-
-def stale_leases(leases: list[dict[str, Any]], now: float) -> list[str]:
-    """Names of reports expired long ago (pods replaced without a clean stop): the
-    operator deletes them so the namespace does not fill with dead peers' Leases."""
-    stale = []
-    for lease in leases:
-        report = peer_report(lease)
-        if report is not None and report.expires + STALE_REPORT_SECONDS < now:
-            stale.append(str(lease["metadata"]["name"]))
-    return stale
-
-
-@dataclass(frozen=True)
 class Propagation:
     expected: str
     current: int
@@ -396,13 +344,6 @@ def propagated_condition(prop: Propagation) -> Cond:
         "Propagating",
         f"{prop.text} peers run rules {prop.expected}; behind: {shown}",
     )
-
-
-def next_expiry(reports: list[PeerReport], now: float) -> float | None:
-    """Seconds until the first live report runs out: then the counts change by themselves."""
-    if not reports:
-        return None
-    return max(0.0, min(r.expires for r in reports) - now)
 
 
 def transitions(

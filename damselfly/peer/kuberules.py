@@ -7,36 +7,24 @@ so a missed event costs one resync, never a stale rule set. The rules are built
 by the same function the operator renders the rules ConfigMap with
 (``damselfly.api.rules.ruleset_from_objects``), so both compute the same digest.
 
-The peer reports the digest it runs in a Lease of its own (``<cluster>-rules-<host>``),
-labelled with the cluster and the hash. Why a Lease, not a Pod annotation: patching
-pods would let a peer rewrite any pod in its namespace (images included), and local
-processes (tests, ``damselfly local``) have no Pod; a Lease is a small object made
-for heartbeats, whose ``renewTime`` + ``leaseDurationSeconds`` tells the operator
-which reports are live, and a Role can grant leases without granting anything else.
+The peer reports the digest it runs in a Lease of its own; the protocol (name,
+labels, body, liveness) is ``damselfly.api.report``, which the operator reads with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from damselfly.api.rules import (
-    CLUSTER_LABEL,
-    COMPONENT_LABEL,
-    REPORT_COMPONENT,
-    RULES_HASH_LABEL,
-    RenderedRules,
-    ruleset_from_objects,
-)
+from damselfly.api.report import FIELD_MANAGER, lease_body, lease_name
+from damselfly.api.rules import RenderedRules, ruleset_from_objects
 from damselfly.api.v1alpha1 import API_VERSION
 from damselfly.config.peer import RulesApiSection
 from damselfly.kube import ApiError, Kube, load_credentials, resource_path
@@ -44,54 +32,10 @@ from damselfly.peer.rulesource import RulesRejected, RulesSource
 
 log = logging.getLogger(__name__)
 
-FIELD_MANAGER = "damselfly-peer"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 # --- pure parts ---------------------------------------------------------------------
-
-
-def lease_name(cluster: str, host_id: str) -> str:
-    """A valid, stable object name for one peer's report: readable, and unique by hash.
-
-    Host ids are node names or hostnames (dots, capitals, anything): the readable part
-    is squeezed into DNS-1123, and a digest of the raw id keeps two ids apart that
-    squeeze to the same text.
-    """
-    readable = re.sub(r"[^a-z0-9-]+", "-", host_id.lower()).strip("-")[:40].strip("-")
-    digest = hashlib.sha256(host_id.encode()).hexdigest()[:8]
-    return f"{cluster}-rules-{readable or 'peer'}-{digest}"
-
-
-def micro_time(at: datetime) -> str:
-    """metav1.MicroTime, as Lease.spec.renewTime wants it."""
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def lease_body(
-    cluster: str, namespace: str, host_id: str, rules_hash: str, duration: float, now: datetime
-) -> dict[str, Any]:
-    """The Lease a peer applies to say which rules it runs."""
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {
-            "name": lease_name(cluster, host_id),
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/name": "damselfly",
-                "app.kubernetes.io/managed-by": FIELD_MANAGER,
-                CLUSTER_LABEL: cluster,
-                COMPONENT_LABEL: REPORT_COMPONENT,
-                RULES_HASH_LABEL: rules_hash,
-            },
-        },
-        "spec": {
-            "holderIdentity": host_id,
-            "leaseDurationSeconds": max(1, int(duration)),
-            "renewTime": micro_time(now),
-        },
-    }
 
 
 class Resync(Exception):

@@ -8,6 +8,16 @@ from typing import Any
 
 import pytest
 
+from damselfly.api.report import (
+    PeerReport,
+    lease_body,
+    lease_name,
+    live_reports,
+    micro_time,
+    next_expiry,
+    peer_report,
+    stale_leases,
+)
 from damselfly.api.rules import render_rules, ruleset_from_objects
 from damselfly.api.v1alpha1 import P2PCluster, ProxyRule
 from damselfly.config.load import ConfigError
@@ -19,9 +29,6 @@ from damselfly.peer.kuberules import (
     apply_event,
     backoff_delay,
     invalid_summary,
-    lease_body,
-    lease_name,
-    micro_time,
     mine,
 )
 
@@ -124,8 +131,8 @@ def test_lease_names_are_valid_stable_and_distinct() -> None:
 def test_a_lease_body_reads_back_as_the_same_report() -> None:
     body = lease_body("c", "ns", "node-1", "abcdef0123456789", 15, NOW)
     assert body["spec"]["renewTime"] == "2026-01-02T03:04:05.678901Z" == micro_time(NOW)
-    report = st.peer_report(body)
-    assert report == st.PeerReport("node-1", "abcdef0123456789", NOW.timestamp() + 15)
+    report = peer_report(body)
+    assert report == PeerReport("node-1", "abcdef0123456789", NOW.timestamp() + 15)
 
 
 def test_expired_and_malformed_reports_do_not_count() -> None:
@@ -133,10 +140,10 @@ def test_expired_and_malformed_reports_do_not_count() -> None:
     live = lease_body("c", "ns", "b-live", "h1", 15, NOW)
     old = lease_body("c", "ns", "a-old", "h1", 15, datetime.fromtimestamp(now - 60, UTC))
     malformed = {"metadata": {"labels": {}}, "spec": {}}
-    reports = st.live_reports([live, old, malformed], now)
+    reports = live_reports([live, old, malformed], now)
     assert [r.host for r in reports] == ["b-live"]
-    assert st.next_expiry(reports, now) == pytest.approx(15)
-    assert st.next_expiry([], now) is None
+    assert next_expiry(reports, now) == pytest.approx(15)
+    assert next_expiry([], now) is None
 
 
 def test_long_expired_reports_are_housekeeping() -> None:
@@ -144,15 +151,15 @@ def test_long_expired_reports_are_housekeeping() -> None:
     fresh = lease_body("c", "ns", "fresh", "h", 15, NOW)
     expired = lease_body("c", "ns", "recent", "h", 15, datetime.fromtimestamp(now - 60, UTC))
     ancient = lease_body("c", "ns", "gone", "h", 15, datetime.fromtimestamp(now - 3600, UTC))
-    assert st.stale_leases([fresh, expired, ancient], now) == [lease_name("c", "gone")]
+    assert stale_leases([fresh, expired, ancient], now) == [lease_name("c", "gone")]
 
 
 def test_propagated_condition() -> None:
     now = NOW.timestamp()
     reports = [
-        st.PeerReport("n1", "new", now + 10),
-        st.PeerReport("n2", "old", now + 10),
-        st.PeerReport("n3", "new", now + 10),
+        PeerReport("n1", "new", now + 10),
+        PeerReport("n2", "old", now + 10),
+        PeerReport("n3", "new", now + 10),
     ]
     prop = st.propagation(reports, "new")
     assert prop.text == "2/3"
