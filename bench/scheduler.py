@@ -43,8 +43,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from damselfly.scheduler import api  # noqa: E402
-from damselfly.scheduler.client import SchedulerClient  # noqa: E402
+from damselfly.api import scheduler as api  # noqa: E402
+from damselfly.api.schedulerclient import SchedulerClient  # noqa: E402
 from damselfly.scheduler.resources import Limits, Resources  # noqa: E402
 
 TASK = "bench-" + "0" * 58

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 
 from damselfly import __version__
 from damselfly.config import ports
@@ -31,9 +32,25 @@ class NotBuiltError(RuntimeError):
     """A subcommand whose implementation does not exist yet: it must fail loudly."""
 
 
+def run_get(args: argparse.Namespace) -> int:
+    """``get`` may start a peer in this process: the peer runtime is wired in here, the
+    one module above both (damselfly.get imports config, never damselfly.peer)."""
+    from damselfly import get
+    from damselfly.config.peer import PeerConfig
+
+    def ephemeral(config: PeerConfig) -> AbstractAsyncContextManager[str]:
+        from damselfly.peer.main import ephemeral_proxy  # only when no proxy is running
+
+        return ephemeral_proxy(config)
+
+    return get.run(args, ephemeral)
+
+
 def load_handler(command: str) -> Callable[[argparse.Namespace], int]:
     """Import the module behind ``command``; a missing module means "not built yet"."""
     module_name = COMMAND_MODULES[command]
+    if command == "get":
+        return run_get
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

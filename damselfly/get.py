@@ -2,7 +2,9 @@
 
 It goes through a running peer's proxy (``--proxy``, ``$DAMSELFLY_PROXY``, or the
 first peer of ``damselfly local up``), or else starts an ephemeral peer in this
-process whose store persists in ~/.cache/damselfly/get. The file appears under
+process whose store persists in ~/.cache/damselfly/get. The peer runtime is
+handed in by the command line (``EphemeralProxy``), so this module depends on
+the config format only, not on ``damselfly.peer``. The file appears under
 its name only when the download completed (and matched ``--digest``): a
 failed download leaves nothing that looks finished.
 """
@@ -17,6 +19,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TextIO
 
@@ -24,6 +28,10 @@ import aiohttp
 
 from damselfly.config.peer import PeerConfig
 from damselfly.local import LocalState, default_state_dir, pid_alive
+
+# Starts a peer in this process from a config and yields its proxy URL while the
+# block runs: damselfly.peer.main.ephemeral_proxy, wired in by damselfly.cli.
+EphemeralProxy = Callable[[PeerConfig], AbstractAsyncContextManager[str]]
 
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
@@ -122,11 +130,9 @@ async def fetch(url: str, output: Path, proxy: str | None, digest: str | None) -
 
 
 async def fetch_with_ephemeral_peer(
-    url: str, output: Path, digest: str | None, schedulers: list[str]
+    url: str, output: Path, digest: str | None, schedulers: list[str], ephemeral: EphemeralProxy
 ) -> str:
     """No peer running: start one here, with a rule for exactly this URL."""
-    from damselfly.peer.main import Peer
-
     without_query = url.split("?", 1)[0]
     config = PeerConfig.model_validate(
         {
@@ -139,15 +145,11 @@ async def fetch_with_ephemeral_peer(
             "scheduler": {"addresses": schedulers},
         }
     )
-    peer = Peer(config)
-    await peer.start()
-    try:
-        return await fetch(url, output, f"http://127.0.0.1:{peer.proxy_port}", digest)
-    finally:
-        await peer.stop()
+    async with ephemeral(config) as proxy:
+        return await fetch(url, output, proxy, digest)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, ephemeral: EphemeralProxy | None = None) -> int:
     if args.log_level is None and not os.environ.get("DAMSELFLY_LOG_LEVEL"):
         logging.getLogger().setLevel(logging.WARNING)  # the progress bar is the output
     output = Path(args.output)
@@ -156,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
         proxy = args.proxy or os.environ.get("DAMSELFLY_PROXY") or local_cluster_proxy()
         if proxy:
             state = asyncio.run(fetch(args.url, output, proxy, digest))
+        elif ephemeral is None:
+            raise GetError("no peer's proxy given and no peer to start in this process")
         else:
             state = asyncio.run(
-                fetch_with_ephemeral_peer(args.url, output, digest, args.scheduler or [])
+                fetch_with_ephemeral_peer(args.url, output, digest, args.scheduler or [], ephemeral)
             )
     except GetError as exc:
         print(f"damselfly get: {exc}", file=sys.stderr)

@@ -14,9 +14,9 @@ import logging
 import shutil
 from collections.abc import Iterable
 
+from damselfly.api import scheduler as api
+from damselfly.api.schedulerclient import SchedulerClient, SchedulerError
 from damselfly.peer.cache import Cache
-from damselfly.scheduler import api
-from damselfly.scheduler.client import SchedulerClient, SchedulerError
 
 log = logging.getLogger(__name__)
 

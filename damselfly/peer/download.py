@@ -22,6 +22,8 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
+from damselfly.api import scheduler as api
+from damselfly.api.schedulerclient import SchedulerClient, SchedulerError
 from damselfly.config.peer import TransferSection
 from damselfly.peer import origin
 from damselfly.peer.httputil import describe_error
@@ -34,8 +36,6 @@ from damselfly.peer.reporter import PieceReporter
 from damselfly.peer.store import PieceStore, TaskRecord
 from damselfly.peer.swarm import ParentBusy, ParentError, ParentLink, Swarm, TaskInfo
 from damselfly.peer.taskid import TaskKey
-from damselfly.scheduler import api
-from damselfly.scheduler.client import SchedulerClient, SchedulerError
 
 log = logging.getLogger(__name__)
 

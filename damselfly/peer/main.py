@@ -12,6 +12,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from damselfly import __version__
+from damselfly.api import scheduler as api
 from damselfly.api.ruleset import RuleSet
+from damselfly.api.schedulerclient import SchedulerClient
 from damselfly.config.load import ConfigError
 from damselfly.config.peer import PeerConfig, load_config
 from damselfly.peer.access import GuardedResolver, check_upstream
@@ -30,16 +33,14 @@ from damselfly.peer.cache import Cache
 from damselfly.peer.download import P2P
 from damselfly.peer.kuberules import KubeRules
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.proxy import Proxy, RulesHolder
+from damselfly.peer.proxy import Proxy
 from damselfly.peer.rangefetch import RangeFetcher
-from damselfly.peer.rules import CompiledRules
+from damselfly.peer.rules import CompiledRules, RulesHolder
 from damselfly.peer.rulesource import RulesSource
 from damselfly.peer.store import PieceStore
 from damselfly.peer.storecheck import StoreUnusable, check_store_dir
 from damselfly.peer.taskid import TaskKey
 from damselfly.peer.upload import UploadServer
-from damselfly.scheduler import api
-from damselfly.scheduler.client import SchedulerClient
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,18 @@ class Peer:
         self.fetcher.close()
         self.store.close()
         log.info("peer stopped")
+
+
+@contextlib.asynccontextmanager
+async def ephemeral_proxy(config: PeerConfig) -> AsyncIterator[str]:
+    """A peer in this process while the block runs; yields its proxy's URL
+    (``damselfly get`` without a running peer)."""
+    peer = Peer(config)
+    await peer.start()
+    try:
+        yield f"http://127.0.0.1:{peer.proxy_port}"
+    finally:
+        await peer.stop()
 
 
 async def run_until_signalled(config: PeerConfig) -> None:

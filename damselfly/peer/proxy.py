@@ -24,19 +24,12 @@ from damselfly.peer.http1 import ClientConnection, ClientGone
 from damselfly.peer.httputil import describe_error
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.passthrough import forward, relay_response, response_headers, tunnel
-from damselfly.peer.rules import CompiledRules, RuleMatch
+from damselfly.peer.rules import RuleMatch, RulesHolder
 from damselfly.peer.serve import CACHE_HEADER, TASK_ID_HEADER, serve
 from damselfly.peer.store import StoreFull
 from damselfly.peer.taskid import APPLICATION_HEADER, TAG_HEADER, task_key
 
 log = logging.getLogger(__name__)
-
-
-class RulesHolder:
-    """The rules in force; replaced whole, so a request sees one set start to end."""
-
-    def __init__(self, rules: CompiledRules) -> None:
-        self.current = rules
 
 
 class Proxy:

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 
-from damselfly.scheduler import api
-from damselfly.scheduler.client import SchedulerClient, SchedulerError
+from damselfly.api import scheduler as api
+from damselfly.api.schedulerclient import SchedulerClient, SchedulerError
 
 log = logging.getLogger(__name__)
 

@@ -48,6 +48,13 @@ class CompiledRules:
         return None
 
 
+class RulesHolder:
+    """The rules in force; replaced whole, so a request sees one set start to end."""
+
+    def __init__(self, rules: CompiledRules) -> None:
+        self.current = rules
+
+
 def upstream_url(url: str, rule: Rule) -> str:
     """The URL to fetch upstream: scheme upgraded by useTLS, host by redirect.
 

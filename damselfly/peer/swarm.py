@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from damselfly.api import scheduler as api
 from damselfly.config.peer import TransferSection
 from damselfly.peer.pieces import Piece
-from damselfly.scheduler import api
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from aiohttp import web
 from pydantic import ValidationError
 
+from damselfly.api import scheduler as api
 from damselfly.peer.access import Refused
 from damselfly.peer.cache import Cache
 from damselfly.peer.download import Download, DownloadFailed
 from damselfly.peer.ranges import UnsatisfiableRange, parse_range
 from damselfly.peer.store import READ_CHUNK, PieceCorrupt, TaskRecord
-from damselfly.scheduler import api
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 
-from damselfly.config.scheduler import Limits
-from damselfly.scheduler import evaluator, hashring
-from damselfly.scheduler.api import (
+from damselfly.api import hashring
+from damselfly.api.scheduler import (
     AnnounceHost,
     Parent,
     ParentFailed,
@@ -26,6 +25,8 @@ from damselfly.scheduler.api import (
     Schedule,
     TaskResult,
 )
+from damselfly.config.scheduler import Limits
+from damselfly.scheduler import evaluator
 
 # Piece costs kept per host for the bad-parent rule; a window, so memory is
 # bounded and old behaviour ages out.

@@ -19,8 +19,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from damselfly.api import scheduler as api
 from damselfly.config.scheduler import SchedulerConfig
-from damselfly.scheduler import api
 from damselfly.scheduler.metrics import SchedulerMetrics
 from damselfly.scheduler.resources import Decision, Resources
 

@@ -16,14 +16,14 @@ from typing import Any
 import aiohttp
 import pytest
 
+from damselfly.api import scheduler as api
+from damselfly.api.schedulerclient import SchedulerClient
 from damselfly.config.peer import StorageSection
 from damselfly.peer.announcer import Announcer
 from damselfly.peer.cache import Cache
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.rangefetch import RangeFetcher
 from damselfly.peer.store import PieceStore
-from damselfly.scheduler import api
-from damselfly.scheduler.client import SchedulerClient
 from tests.support.scheduler import SchedulerHandle, start_scheduler
 
 PIECE = 4 << 20

@@ -15,8 +15,7 @@ from pathlib import Path
 from damselfly.api.ruleset import RuleSet
 from damselfly.config.peer import PeerConfig
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.proxy import RulesHolder
-from damselfly.peer.rules import CompiledRules
+from damselfly.peer.rules import CompiledRules, RulesHolder
 from damselfly.peer.rulesource import RulesSource
 
 

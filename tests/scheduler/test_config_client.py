@@ -5,9 +5,9 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from damselfly.api.schedulerclient import SchedulerClient, normalize_address
 from damselfly.config.load import ConfigError
 from damselfly.config.scheduler import SchedulerConfig, parse_config
-from damselfly.scheduler.client import SchedulerClient, normalize_address
 
 
 def test_defaults_follow_the_design() -> None:

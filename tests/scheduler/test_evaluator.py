@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 
-from damselfly.scheduler import evaluator, hashring
+from damselfly.api import hashring
+from damselfly.scheduler import evaluator
 from damselfly.scheduler.evaluator import Candidate
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from damselfly.scheduler import hashring
+from damselfly.api import hashring
 
 KEYS = [f"task-{i}" for i in range(3000)]
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from damselfly.scheduler.api import (
+from damselfly.api.scheduler import (
     AnnounceHost,
     HeldTask,
     ParentFailed,
@@ -84,7 +84,7 @@ def test_first_peer_with_seeds_asks_the_ring_owner_first(res: Resources) -> None
     decision = res.register(RegisterTask(task_id="t", host_id="a", url="http://o/x"))
     assert not decision.schedule.back_to_source
     assert set(decision.seeds_to_try) == {"s1", "s2", "s3"}
-    from damselfly.scheduler import hashring
+    from damselfly.api import hashring
 
     assert decision.seeds_to_try[0] == hashring.owner("t", ["s1", "s2", "s3"])
     schedule = res.begin_seed("t", decision.seeds_to_try[0], "a")

@@ -14,8 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from damselfly.scheduler import api, hashring
-from damselfly.scheduler.client import SchedulerClient, SchedulerUnavailable
+from damselfly.api import hashring
+from damselfly.api import scheduler as api
+from damselfly.api.schedulerclient import SchedulerClient, SchedulerUnavailable
 from tests.support.ports import free_port
 from tests.support.scheduler import SchedulerHandle, start_scheduler
 

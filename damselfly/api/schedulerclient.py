@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from damselfly.scheduler import api, hashring
+from damselfly.api import hashring
+from damselfly.api import scheduler as api
 
 R = TypeVar("R", bound=BaseModel)
 
