@@ -23,14 +23,3 @@ def rank(key: str, nodes: Iterable[str]) -> list[str]:
     """Distinct ``nodes`` ordered by preference for ``key`` (owner first, then fail-over)."""
     unique = set(nodes)
     return sorted(unique, key=lambda node: (score(key, node), node), reverse=True)
-
-
-def owner(key: str, nodes: Iterable[str]) -> str | None:
-    """The node responsible for ``key``, or None when there are no nodes."""
-    best: str | None = None
-    best_score = -1
-    for node in nodes:
-        s = score(key, node)
-        if s > best_score or (s == best_score and best is not None and node > best):
-            best, best_score = node, s
-    return best

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-SOURCES = ("origin", "parent", "local")
-
 
 class PeerMetrics:
     def __init__(self) -> None:

@@ -84,7 +84,7 @@ def test_first_peer_with_seeds_asks_the_ring_owner_first(res: Resources) -> None
     decision = res.register(RegisterTask(task_id="t", host_id="a", url="http://o/x"))
     assert not decision.schedule.back_to_source
     assert set(decision.seeds_to_try) == {"s1", "s2", "s3"}
-    from damselfly.api import hashring
+    from tests.support import hashring
 
     assert decision.seeds_to_try[0] == hashring.owner("t", ["s1", "s2", "s3"])
     schedule = res.begin_seed("t", decision.seeds_to_try[0], "a")

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from damselfly.api import hashring
 from damselfly.api import scheduler as api
 from damselfly.api.schedulerclient import SchedulerClient, SchedulerUnavailable
+from tests.support import hashring
 from tests.support.ports import free_port
 from tests.support.scheduler import SchedulerHandle, start_scheduler
 
