@@ -91,14 +91,16 @@ class PeerReport:
     expires: float  # epoch seconds
 
 
-def parse_time(text: str) -> float | None:
-    """metav1.Time or MicroTime to epoch seconds; None when unreadable."""
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
-        try:
-            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
-        except ValueError:
-            continue
-    return None
+def parse_time(text: Any) -> float | None:
+    """metav1.Time or MicroTime (RFC 3339, 'Z') to epoch seconds; None when absent or
+    unreadable."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def peer_report(lease: dict[str, Any]) -> PeerReport | None:

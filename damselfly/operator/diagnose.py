@@ -18,8 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
+
+from damselfly.api.report import parse_time
 
 # Seconds a Pending PVC without an explanation is given before it counts as stalled
 # (dynamic provisioning usually binds within seconds).
@@ -66,16 +67,6 @@ def clip(text: str, limit: int = DETAIL_LIMIT) -> str:
     """One line, at most ``limit`` characters: the child's text, squeezed."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def parse_time(text: Any) -> float | None:
-    """metav1.Time / MicroTime (RFC 3339, 'Z') to epoch seconds; None when absent."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def _age(obj: dict[str, Any], now: float) -> float:
