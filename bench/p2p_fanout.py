@@ -482,7 +482,7 @@ def origin_bytes(setup: Setup) -> int:
 def task_info(setup: Setup) -> dict[str, Any] | None:
     """The scheduler's view of the task (who holds it, their parents), best effort."""
     from damselfly.api.ruleset import DEFAULT_FILTERED_QUERY_PARAMS
-    from damselfly.peer.taskid import task_key
+    from damselfly.peer.rules.taskid import task_key
 
     assert setup.sched is not None
     task_id = task_key(setup.url, tuple(DEFAULT_FILTERED_QUERY_PARAMS)).task_id

@@ -35,22 +35,21 @@ def patch(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
 @patch("readbuf")
 def bigger_read_buffer() -> None:
     """aiohttp's response buffer 64 KiB -> 1 MiB: fewer pause/resume_reading cycles."""
-    from damselfly.peer import main
 
-    original = main.Peer._client_session
+    original = app.Peer._client_session
 
     def client_session(self: Any) -> Any:
         session = original(self)
         session._read_bufsize = 1 << 20
         return session
 
-    main.Peer._client_session = client_session  # type: ignore[method-assign]
+    app.Peer._client_session = client_session  # type: ignore[method-assign]
 
 
 @patch("bigchunks")
 def bigger_chunks() -> None:
     """WRITE_BUFFER 1 MiB -> 4 MiB: a quarter of the thread hops on the cold path."""
-    from damselfly.peer import download
+    from damselfly.peer.transfer import download
 
     download.WRITE_BUFFER = 4 << 20
 

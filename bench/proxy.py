@@ -215,9 +215,9 @@ def store_floor(port: int, copy: Path, size: int, timeout: float, hashing: bool)
     """The least work a cache does on a miss, with no proxy in the way: one loop that
     receives the object from nginx into a reused 1 MiB buffer and writes it to a file
     on the store's filesystem (and, with ``hashing``, hashes it as the peer hashes its
-    pieces, see damselfly/peer/piecedigest.py). No client is served.
+    pieces, see damselfly/peer/store/digest.py). No client is served.
     """
-    from damselfly.peer.piecedigest import PieceHasher
+    from damselfly.peer.store.digest import PieceHasher
 
     buffer = memoryview(bytearray(MiB))
     digest = PieceHasher()

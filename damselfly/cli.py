@@ -18,7 +18,7 @@ from damselfly.logs import LEVELS, setup_logging
 
 # Each subcommand's implementation: a module with ``run(args) -> int``.
 COMMAND_MODULES = {
-    "peer": "damselfly.peer.main",
+    "peer": "damselfly.peer.app",
     "scheduler": "damselfly.scheduler.main",
     "operator": "damselfly.operator.main",
     "get": "damselfly.get",
@@ -39,7 +39,7 @@ def run_get(args: argparse.Namespace) -> int:
     from damselfly.config.peer import PeerConfig
 
     def ephemeral(config: PeerConfig) -> AbstractAsyncContextManager[str]:
-        from damselfly.peer.main import ephemeral_proxy  # only when no proxy is running
+        from damselfly.peer.app import ephemeral_proxy  # only when no proxy is running
 
         return ephemeral_proxy(config)
 

@@ -30,7 +30,7 @@ from damselfly.config.peer import PeerConfig
 from damselfly.local import LocalState, default_state_dir, pid_alive
 
 # Starts a peer in this process from a config and yields its proxy URL while the
-# block runs: damselfly.peer.main.ephemeral_proxy, wired in by damselfly.cli.
+# block runs: damselfly.peer.app.ephemeral_proxy, wired in by damselfly.cli.
 EphemeralProxy = Callable[[PeerConfig], AbstractAsyncContextManager[str]]
 
 CHUNK = 1 << 20

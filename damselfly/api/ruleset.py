@@ -6,7 +6,7 @@ Regexes are RE2: linear-time matching, safe on rules users write.
 
 This is the contract between the operator (which renders a cluster's ProxyRules
 into a rule set and reports its digest) and the peers (which run a rule set and
-report the digest they run); the peer's compiled matcher is ``damselfly.peer.rules``.
+report the digest they run); the peer's compiled matcher is ``damselfly.peer.rules.match``.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from damselfly.config.load import ConfigError
 from damselfly.config.peer import parse_config
 from damselfly.operator import status as st
 from damselfly.operator.render import peer_config, peer_rbac
-from damselfly.peer.kuberules import (
+from damselfly.peer.rules.kubesource import (
     Resync,
     apply_event,
     backoff_delay,

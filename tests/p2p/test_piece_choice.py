@@ -5,7 +5,12 @@ from __future__ import annotations
 import random
 
 from damselfly.api import scheduler as api
-from damselfly.peer.swarm import MAX_REQUESTS_PER_PARENT, PIECE_WINDOW, ParentLink, choose_piece
+from damselfly.peer.transfer.swarm import (
+    MAX_REQUESTS_PER_PARENT,
+    PIECE_WINDOW,
+    ParentLink,
+    choose_piece,
+)
 
 
 def link(host: str, pieces: list[int], seed: bool = False, in_flight: int = 0) -> ParentLink:

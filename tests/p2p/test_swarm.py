@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from damselfly.peer.taskid import task_key
+from damselfly.peer.rules.taskid import task_key
 from tests.support.origin import Origin, start_origin
 from tests.support.peer import PeerHandle, start_peer
 from tests.support.ports import free_port

@@ -19,11 +19,11 @@ import pytest
 from damselfly.api import scheduler as api
 from damselfly.api.schedulerclient import SchedulerClient
 from damselfly.config.peer import StorageSection
-from damselfly.peer.announcer import Announcer
-from damselfly.peer.cache import Cache
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.rangefetch import RangeFetcher
-from damselfly.peer.store import PieceStore
+from damselfly.peer.p2p.announcer import Announcer
+from damselfly.peer.store.piecestore import PieceStore
+from damselfly.peer.transfer.cache import Cache
+from damselfly.peer.transfer.rangefetch import RangeFetcher
 from tests.support.scheduler import SchedulerHandle, start_scheduler
 
 PIECE = 4 << 20

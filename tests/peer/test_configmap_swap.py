@@ -15,8 +15,8 @@ from pathlib import Path
 from damselfly.api.ruleset import RuleSet
 from damselfly.config.peer import PeerConfig
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.rules import CompiledRules, RulesHolder
-from damselfly.peer.rulesource import RulesSource
+from damselfly.peer.rules.filesource import RulesSource
+from damselfly.peer.rules.match import CompiledRules, RulesHolder
 
 
 def kubelet_write(volume: Path, version: int, rules_yaml: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from damselfly.peer.gc import GcPolicy, StoredTask, select_evictions
+from damselfly.peer.store.gc import GcPolicy, StoredTask, select_evictions
 
 MiB = 1 << 20
 POLICY = GcPolicy(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from damselfly.peer.piecedigest import PieceHasher
-from damselfly.peer.pieces import MiB
-from damselfly.peer.store import PieceCorrupt, PieceStore
+from damselfly.peer.store.digest import PieceHasher
+from damselfly.peer.store.pieces import MiB
+from damselfly.peer.store.piecestore import PieceCorrupt, PieceStore
 
 
 def digest_of(data: bytes, like: str | None = None) -> str:

@@ -11,11 +11,11 @@ from damselfly.api.ruleset import DEFAULT_FILTERED_QUERY_PARAMS, Rule, RuleSet
 from damselfly.config.load import ConfigError
 from damselfly.config.peer import parse_config
 from damselfly.config.units import parse_duration, parse_size
-from damselfly.peer.origin import not_cacheable
-from damselfly.peer.pieces import MiB, piece_at, piece_length, pieces_covering
-from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
-from damselfly.peer.rules import CompiledRules, upstream_url
-from damselfly.peer.taskid import content_digest, filter_query, task_key
+from damselfly.peer.net.ranges import ByteRange, UnsatisfiableRange, parse_range
+from damselfly.peer.rules.match import CompiledRules, upstream_url
+from damselfly.peer.rules.taskid import content_digest, filter_query, task_key
+from damselfly.peer.store.pieces import MiB, piece_at, piece_length, pieces_covering
+from damselfly.peer.transfer.origin import not_cacheable
 
 OID = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393"
 DEFAULTS = DEFAULT_FILTERED_QUERY_PARAMS
@@ -207,8 +207,8 @@ def test_cache_control_that_forbids_keeping_a_response(
 
 
 def test_errors_read_as_one_line() -> None:
-    from damselfly.peer.httputil import describe_error
-    from damselfly.peer.store import StoreFull
+    from damselfly.peer.net.httputil import describe_error
+    from damselfly.peer.store.piecestore import StoreFull
 
     assert describe_error(StoreFull("object of 5 bytes does not fit")) == (
         "object of 5 bytes does not fit"
@@ -237,7 +237,7 @@ def test_no_object_can_take_the_task_id_of_a_url() -> None:
 
 
 def test_metadata_addresses_count_as_link_local() -> None:
-    from damselfly.peer.access import is_link_local
+    from damselfly.peer.net.access import is_link_local
 
     for address in ("169.254.169.254", "fe80::1%eth0", "::ffff:169.254.169.254", "fd00:ec2::254"):
         assert is_link_local(address), address

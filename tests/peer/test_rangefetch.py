@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from damselfly.peer.rangefetch import connect_guarded
+from damselfly.peer.transfer.rangefetch import connect_guarded
 
 
 class Dialled(Exception):

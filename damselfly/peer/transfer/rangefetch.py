@@ -29,8 +29,8 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDict
 
-from damselfly.peer.access import is_link_local
-from damselfly.peer.origin import OriginError, RangeIgnored, parse_content_range
+from damselfly.peer.net.access import is_link_local
+from damselfly.peer.transfer.origin import OriginError, RangeIgnored, parse_content_range
 
 BUFFER = 256 << 10  # received, hashed and written while still in the CPU's cache
 MAX_IDLE_PER_ORIGIN = 16

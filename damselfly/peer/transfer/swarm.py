@@ -20,7 +20,7 @@ import aiohttp
 
 from damselfly.api import scheduler as api
 from damselfly.config.peer import TransferSection
-from damselfly.peer.pieces import Piece
+from damselfly.peer.store.pieces import Piece
 
 log = logging.getLogger(__name__)
 

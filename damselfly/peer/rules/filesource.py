@@ -27,7 +27,7 @@ from damselfly.api.ruleset import RuleSet
 from damselfly.config.load import describe_validation_error
 from damselfly.config.peer import PeerConfig
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.rules import CompiledRules, RulesHolder
+from damselfly.peer.rules.match import CompiledRules, RulesHolder
 
 log = logging.getLogger(__name__)
 

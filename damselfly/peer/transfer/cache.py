@@ -10,12 +10,12 @@ import aiohttp
 from multidict import CIMultiDict
 
 from damselfly.config.peer import StorageSection, TransferSection
-from damselfly.peer.download import P2P, Download
-from damselfly.peer.gc import GcPolicy, StoredTask, select_evictions
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.rangefetch import RangeFetcher
-from damselfly.peer.store import PieceStore, StoreFull, TaskRecord
-from damselfly.peer.taskid import TaskKey
+from damselfly.peer.rules.taskid import TaskKey
+from damselfly.peer.store.gc import GcPolicy, StoredTask, select_evictions
+from damselfly.peer.store.piecestore import PieceStore, StoreFull, TaskRecord
+from damselfly.peer.transfer.download import P2P, Download
+from damselfly.peer.transfer.rangefetch import RangeFetcher
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from damselfly.peer.cache import Cache
-from damselfly.peer.download import Download, DownloadFailed
-from damselfly.peer.http1 import ClientConnection
-from damselfly.peer.pieces import pieces_covering
-from damselfly.peer.ranges import ByteRange, UnsatisfiableRange, parse_range
-from damselfly.peer.store import PieceCorrupt, PieceStore, TaskRecord
+from damselfly.peer.frontdoor.http1 import ClientConnection
+from damselfly.peer.net.ranges import ByteRange, UnsatisfiableRange, parse_range
+from damselfly.peer.store.pieces import pieces_covering
+from damselfly.peer.store.piecestore import PieceCorrupt, PieceStore, TaskRecord
+from damselfly.peer.transfer.cache import Cache
+from damselfly.peer.transfer.download import Download, DownloadFailed
 
 log = logging.getLogger(__name__)
 

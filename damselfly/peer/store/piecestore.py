@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from damselfly.peer.piecedigest import PieceHasher
-from damselfly.peer.pieces import Piece, piece_at, piece_count
-from damselfly.peer.storecheck import StoreUnusable, identity
+from damselfly.peer.store.check import StoreUnusable, identity
+from damselfly.peer.store.digest import PieceHasher
+from damselfly.peer.store.pieces import Piece, piece_at, piece_count
 
 READ_CHUNK = 1 << 20
 IOV_BATCH = 512  # well under IOV_MAX (1024 on Linux)

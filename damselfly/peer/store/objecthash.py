@@ -14,7 +14,7 @@ import hashlib
 import os
 from collections.abc import Set
 
-from damselfly.peer.store import PieceStore, TaskRecord, read_chunks
+from damselfly.peer.store.piecestore import PieceStore, TaskRecord, read_chunks
 
 
 class ObjectHasher:

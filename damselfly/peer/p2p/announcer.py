@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from damselfly.api import scheduler as api
 from damselfly.api.schedulerclient import SchedulerClient, SchedulerError
-from damselfly.peer.cache import Cache
+from damselfly.peer.transfer.cache import Cache
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from damselfly.api import scheduler as api
-from damselfly.peer.access import Refused
-from damselfly.peer.cache import Cache
-from damselfly.peer.download import Download, DownloadFailed
-from damselfly.peer.ranges import UnsatisfiableRange, parse_range
-from damselfly.peer.store import READ_CHUNK, PieceCorrupt, TaskRecord
+from damselfly.peer.net.access import Refused
+from damselfly.peer.net.ranges import UnsatisfiableRange, parse_range
+from damselfly.peer.store.piecestore import READ_CHUNK, PieceCorrupt, TaskRecord
+from damselfly.peer.transfer.cache import Cache
+from damselfly.peer.transfer.download import Download, DownloadFailed
 
 log = logging.getLogger(__name__)
 

@@ -27,20 +27,20 @@ from damselfly.api.ruleset import RuleSet
 from damselfly.api.schedulerclient import SchedulerClient
 from damselfly.config.load import ConfigError
 from damselfly.config.peer import PeerConfig, load_config
-from damselfly.peer.access import GuardedResolver, check_upstream
-from damselfly.peer.announcer import Announcer
-from damselfly.peer.cache import Cache
-from damselfly.peer.download import P2P
-from damselfly.peer.kuberules import KubeRules
+from damselfly.peer.frontdoor.proxy import Proxy
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.proxy import Proxy
-from damselfly.peer.rangefetch import RangeFetcher
-from damselfly.peer.rules import CompiledRules, RulesHolder
-from damselfly.peer.rulesource import RulesSource
-from damselfly.peer.store import PieceStore
-from damselfly.peer.storecheck import StoreUnusable, check_store_dir
-from damselfly.peer.taskid import TaskKey
-from damselfly.peer.upload import UploadServer
+from damselfly.peer.net.access import GuardedResolver, check_upstream
+from damselfly.peer.p2p.announcer import Announcer
+from damselfly.peer.p2p.upload import UploadServer
+from damselfly.peer.rules.filesource import RulesSource
+from damselfly.peer.rules.kubesource import KubeRules
+from damselfly.peer.rules.match import CompiledRules, RulesHolder
+from damselfly.peer.rules.taskid import TaskKey
+from damselfly.peer.store.check import StoreUnusable, check_store_dir
+from damselfly.peer.store.piecestore import PieceStore
+from damselfly.peer.transfer.cache import Cache
+from damselfly.peer.transfer.download import P2P
+from damselfly.peer.transfer.rangefetch import RangeFetcher
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
-from damselfly.peer.httputil import HOP_BY_HOP, connection_tokens
+from damselfly.peer.net.httputil import HOP_BY_HOP, connection_tokens
 
 # Response headers worth storing and replaying on hits.
 STORED_RESPONSE_HEADERS = (

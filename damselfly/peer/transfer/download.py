@@ -25,17 +25,17 @@ from multidict import CIMultiDict
 from damselfly.api import scheduler as api
 from damselfly.api.schedulerclient import SchedulerClient, SchedulerError
 from damselfly.config.peer import TransferSection
-from damselfly.peer import origin
-from damselfly.peer.httputil import describe_error
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.objecthash import ObjectHasher
-from damselfly.peer.piecedigest import PieceHasher
-from damselfly.peer.pieces import Piece, piece_length
-from damselfly.peer.rangefetch import RangeFetcher
-from damselfly.peer.reporter import PieceReporter
-from damselfly.peer.store import PieceStore, TaskRecord
-from damselfly.peer.swarm import ParentBusy, ParentError, ParentLink, Swarm, TaskInfo
-from damselfly.peer.taskid import TaskKey
+from damselfly.peer.net.httputil import describe_error
+from damselfly.peer.rules.taskid import TaskKey
+from damselfly.peer.store.digest import PieceHasher
+from damselfly.peer.store.objecthash import ObjectHasher
+from damselfly.peer.store.pieces import Piece, piece_length
+from damselfly.peer.store.piecestore import PieceStore, TaskRecord
+from damselfly.peer.transfer import origin
+from damselfly.peer.transfer.rangefetch import RangeFetcher
+from damselfly.peer.transfer.reporter import PieceReporter
+from damselfly.peer.transfer.swarm import ParentBusy, ParentError, ParentLink, Swarm, TaskInfo
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from damselfly.api.rules import RenderedRules, ruleset_from_objects
 from damselfly.api.v1alpha1 import API_VERSION
 from damselfly.config.peer import RulesApiSection
 from damselfly.kube import ApiError, Kube, load_credentials, resource_path
-from damselfly.peer.rulesource import RulesRejected, RulesSource
+from damselfly.peer.rules.filesource import RulesRejected, RulesSource
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What a client talks to: the proxy port, cached responses, pass-through and tunnels."""

@@ -1,0 +1,1 @@
+"""What other peers and the scheduler see: the upload server, announcing, seeding."""
