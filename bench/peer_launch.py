@@ -35,6 +35,7 @@ def patch(name: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
 @patch("readbuf")
 def bigger_read_buffer() -> None:
     """aiohttp's response buffer 64 KiB -> 1 MiB: fewer pause/resume_reading cycles."""
+    from damselfly.peer import app
 
     original = app.Peer._client_session
 
@@ -49,9 +50,9 @@ def bigger_read_buffer() -> None:
 @patch("bigchunks")
 def bigger_chunks() -> None:
     """WRITE_BUFFER 1 MiB -> 4 MiB: a quarter of the thread hops on the cold path."""
-    from damselfly.peer.transfer import download
+    from damselfly.peer.store import writer
 
-    download.WRITE_BUFFER = 4 << 20
+    writer.WRITE_BUFFER = 4 << 20
 
 
 def install_profiler(directory: Path) -> None:

@@ -39,8 +39,10 @@ from damselfly.peer.rules.taskid import TaskKey
 from damselfly.peer.store.check import StoreUnusable, check_store_dir
 from damselfly.peer.store.piecestore import PieceStore
 from damselfly.peer.transfer.cache import Cache
-from damselfly.peer.transfer.download import P2P
+from damselfly.peer.transfer.fetch import P2P
+from damselfly.peer.transfer.parents import HttpParents
 from damselfly.peer.transfer.rangefetch import RangeFetcher
+from damselfly.peer.transfer.session import Scheduled
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,10 @@ class Peer:
         self.scheduler = self._scheduler_client()
         p2p = None
         if self.scheduler is not None:
+            scheduler, host_id = self.scheduler, self.host_id
             p2p = P2P(
-                client=self.scheduler,
-                host_id=self.host_id,
-                piece_timeout=self.config.scheduler.piece_timeout,
+                sessions=lambda task_id: Scheduled(scheduler, task_id, host_id),
+                parents=HttpParents(self.session, self.config.scheduler.piece_timeout),
                 stall_timeout=self.config.scheduler.stall_timeout,
             )
         self.cache = Cache(

@@ -24,10 +24,9 @@ from damselfly.peer.net.access import Refused, check_basic_auth, check_upstream,
 from damselfly.peer.net.httputil import describe_error
 from damselfly.peer.rules.match import RuleMatch, RulesHolder
 from damselfly.peer.rules.taskid import APPLICATION_HEADER, TAG_HEADER, task_key
-from damselfly.peer.store.piecestore import StoreFull
 from damselfly.peer.transfer import origin
 from damselfly.peer.transfer.cache import Cache
-from damselfly.peer.transfer.download import DownloadFailed, NotCacheable
+from damselfly.peer.transfer.download import DownloadFailed, OriginAnswer, PassThrough
 
 log = logging.getLogger(__name__)
 
@@ -175,28 +174,25 @@ class Proxy:
             return
         download, created = self.cache.download(key, match.upstream_url, headers)
         try:
-            await download.wait_started()
+            start = await download.wait_started()
         except DownloadFailed as exc:
-            if isinstance(download.error, StoreFull | NotCacheable):
-                log.info("not caching", extra={"task": key.task_id, "reason": str(exc)})
-                await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
-            else:
-                await conn.simple(502, f"damselfly: fetching {match.upstream_url} failed: {exc}")
+            await conn.simple(502, f"damselfly: fetching {match.upstream_url} failed: {exc}")
             return
-        if download.answer is not None:
+        if isinstance(start, PassThrough):
+            log.info("not caching", extra={"task": key.task_id, "reason": start.reason})
+            await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
+            return
+        if isinstance(start, OriginAnswer):
             if created:
                 try:
-                    await relay_response(conn, download.answer.response, self.metrics)
+                    await relay_response(conn, start.response, self.metrics)
                 finally:
-                    download.answer.response.release()
+                    start.response.release()
             else:  # only the creator can read that answer's body: ask again ourselves
                 await forward(conn, method, match.upstream_url, headers, self.session, self.metrics)
             return
-        assert download.record is not None
         try:
-            await serve(
-                conn, self.cache, download.record, download, head, range_header, if_range, "miss"
-            )
+            await serve(conn, self.cache, start, download, head, range_header, if_range, "miss")
         except DownloadFailed as exc:  # failed before the response began (else: aborted)
             await conn.simple(502, f"damselfly: fetching {match.upstream_url} failed: {exc}")
 

@@ -149,6 +149,7 @@ async def _send_spans(
     file = cache.store.open_file(record.task_id)
     checks = PieceChecks(cache.store, record, file.fileno())
     cache.begin_serving(record.task_id)
+    number = 0
     try:
         async for number, start, stop in spans:
             checks.start(range(number + 1, number + 1 + CHECK_AHEAD))
@@ -160,7 +161,7 @@ async def _send_spans(
             cache.metrics.served_bytes.labels(source=source).inc(stop - start)
         await conn.end()
     except (DownloadFailed, PieceCorrupt) as exc:
-        _fail(conn, cache, record, exc)
+        _fail(conn, cache, record, exc, number)
     finally:
         checks.abandon()
         file.close()
@@ -210,11 +211,11 @@ def _ignore_outcome(future: asyncio.Future[None]) -> None:
         future.exception()  # retrieved, so asyncio does not log it as unhandled
 
 
-def _fail(conn: ClientConnection, cache: Cache, record: TaskRecord, exc: Exception) -> None:
+def _fail(
+    conn: ClientConnection, cache: Cache, record: TaskRecord, exc: Exception, number: int
+) -> None:
     """Cut the client off: a truncated body must never look complete."""
     if isinstance(exc, PieceCorrupt):
-        cache.metrics.integrity_failures.labels(kind="piece").inc()
-        if record.complete:
-            cache.drop(record, "corrupt")
+        cache.pieces_corrupt(record, [number])
     log.warning("aborting client response", extra={"task": record.task_id, "error": str(exc)})
     conn.abort()

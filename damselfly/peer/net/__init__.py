@@ -1,1 +1,4 @@
-"""The egress guard and HTTP helpers: which addresses the peer may dial, Range parsing, hop-by-hop headers."""
+"""The egress guard and HTTP helpers.
+
+Which addresses the peer may dial, Range parsing, hop-by-hop headers.
+"""

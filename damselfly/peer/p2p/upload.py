@@ -154,9 +154,7 @@ class UploadServer:
             try:
                 await asyncio.to_thread(self.cache.store.verify_piece, fd, record, number)
             except PieceCorrupt:
-                self.cache.metrics.integrity_failures.labels(kind="piece").inc()
-                if record.complete:
-                    self.cache.drop(record, "corrupt")
+                self.cache.pieces_corrupt(record, [number])
                 raise web.HTTPNotFound(text=f"piece {number} failed its check here\n") from None
             response = web.StreamResponse(
                 status=206,

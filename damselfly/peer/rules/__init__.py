@@ -1,1 +1,4 @@
-"""Which requests go through the swarm: compiled rules, the task id, and where rule sets come from (file, Kubernetes)."""
+"""Which requests go through the swarm.
+
+Compiled rules, the task id, and where rule sets come from (a file, Kubernetes).
+"""

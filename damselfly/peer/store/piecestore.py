@@ -21,6 +21,7 @@ from typing import BinaryIO
 from damselfly.peer.store.check import StoreUnusable, identity
 from damselfly.peer.store.digest import PieceHasher
 from damselfly.peer.store.pieces import Piece, piece_at, piece_count
+from damselfly.peer.store.writer import PieceWriter
 
 READ_CHUNK = 1 << 20
 IOV_BATCH = 512  # well under IOV_MAX (1024 on Linux)
@@ -269,6 +270,13 @@ class PieceStore:
                 first += 1
             if written:
                 views[first] = views[first][written:]
+
+    def piece_writer(
+        self, fd: int, piece: Piece, expected: str | None, short_ok: bool = False
+    ) -> PieceWriter:
+        """Write one piece through ``fd`` (from ``open_for_write``), checked against
+        ``expected``: the only way piece bytes enter the store."""
+        return PieceWriter(self, fd, piece, expected, short_ok)
 
     def open_for_write(self, task_id: str) -> int:
         return os.open(self.data_path(task_id), os.O_WRONLY)

@@ -1,1 +1,6 @@
-"""Getting an object into the store: the cache of running downloads, piece sources (origin, parents), the scheduler session."""
+"""Getting an object into the store.
+
+The cache of running downloads (cache.py), a download's observable state
+(download.py), the fetch that fills it (fetch.py), piece sources (sources.py:
+origin, parents), the parents' transport and swarm, the scheduler session.
+"""

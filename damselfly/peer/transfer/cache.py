@@ -14,8 +14,11 @@ from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.rules.taskid import TaskKey
 from damselfly.peer.store.gc import GcPolicy, StoredTask, select_evictions
 from damselfly.peer.store.piecestore import PieceStore, StoreFull, TaskRecord
-from damselfly.peer.transfer.download import P2P, Download
+from damselfly.peer.transfer.download import Download
+from damselfly.peer.transfer.fetch import P2P, Fetch
 from damselfly.peer.transfer.rangefetch import RangeFetcher
+from damselfly.peer.transfer.session import Unscheduled
+from damselfly.peer.transfer.sources import OriginSource
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +70,19 @@ class Cache:
         running = self.active.get(key.task_id)
         if running is not None:
             return running, False
-        download = Download(
-            key,
-            url,
-            headers,
-            self.store,
-            self.session,
-            self.fetcher,
+        download = Download(key, self.store)
+        fetch = Fetch(
+            download,
+            OriginSource(self.session, self.fetcher, url, headers),
+            self,
             self.metrics,
-            self.reserve,
-            p2p=self.p2p,
-            back_to_source=back_to_source,
-            transfer=self.transfer,
+            self.p2p.sessions(key.task_id) if self.p2p is not None else Unscheduled(),
+            self.p2p,
+            self.transfer,
+            back_to_source,
         )
         self.active[key.task_id] = download
-        download.start(self._finished)
+        download.start(fetch.run, self._finished)
         return download, True
 
     def _finished(self, download: Download) -> None:
@@ -138,6 +139,19 @@ class Cache:
         if evictions:
             self.update_gauges()
         return len(evictions)
+
+    def pieces_corrupt(self, record: TaskRecord, numbers: list[int]) -> None:
+        """The one reaction to stored pieces that fail their digest. Counted; a complete
+        task is dropped (that generation: it cannot be trusted and nothing refills it);
+        a task being resumed forgets them, to fetch them again. A running download's
+        own pieces were hashed as written, so they stay as they are."""
+        self.metrics.integrity_failures.labels(kind="piece").inc(len(numbers))
+        if record.complete:
+            self.drop(record, "corrupt")
+            return
+        running = self.active.get(record.task_id)
+        if running is None or running.record is not record:
+            self.store.forget_pieces(record, numbers)
 
     def drop(self, record: TaskRecord, reason: str) -> None:
         """Remove a task whose stored bytes cannot be trusted (that generation of it only)."""

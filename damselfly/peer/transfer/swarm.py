@@ -1,5 +1,7 @@
 """A child's view of its parents for one task: who holds which piece, and fetching it.
 
+(The network side, ``ParentTransport``, is in parents.py.)
+
 Each parent streams its piece list over one long-lived request (NDJSON lines,
 ``GET /v1/tasks/{id}/pieces`` on its upload server), so a child learns of new
 pieces the moment the parent has them — no fixed-interval polling.
@@ -16,11 +18,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from damselfly.api import scheduler as api
 from damselfly.config.peer import TransferSection
 from damselfly.peer.store.pieces import Piece
+from damselfly.peer.transfer.parents import ParentBusy, ParentTransport
 
 log = logging.getLogger(__name__)
 
@@ -111,39 +112,20 @@ class ParentLink:
         return self.usable and now >= self.busy_until
 
     @property
-    def base_url(self) -> str:
-        return f"http://{self.parent.ip}:{self.parent.upload_port}"
-
-    @property
     def usable(self) -> bool:
         return not self.dead and not self.blocked
-
-
-class ParentBusy(Exception):
-    """The parent has no upload slot free right now: not a failure, ask again later."""
-
-
-class ParentError(Exception):
-    """A parent failed to deliver a piece; ``reason`` is as the scheduler expects."""
-
-    def __init__(self, host_id: str, reason: api.ParentFailureReason, message: str) -> None:
-        super().__init__(message)
-        self.host_id = host_id
-        self.reason: api.ParentFailureReason = reason
 
 
 class Swarm:
     def __init__(
         self,
         task_id: str,
-        session: aiohttp.ClientSession,
-        piece_timeout: float,
+        transport: ParentTransport,
         transfer: TransferSection = DEFAULTS,
     ) -> None:
         self.task_id = task_id
         self.transfer = transfer
-        self.session = session
-        self.piece_timeout = piece_timeout
+        self.transport = transport
         self.links: dict[str, ParentLink] = {}
         self.last_news = time.monotonic()
         self._news = asyncio.Condition()
@@ -199,19 +181,11 @@ class Swarm:
             self._news.notify_all()
 
     async def _watch(self, link: ParentLink) -> None:
-        url = f"{link.base_url}/v1/tasks/{self.task_id}/pieces"
         try:
-            async with self.session.get(
-                url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
-            ) as response:
-                if response.status != 200:
-                    raise ParentError(
-                        link.parent.host_id, "unreachable", f"{url}: {response.status}"
-                    )
-                async for line in response.content:
-                    if line.strip():
-                        self._apply(link, json.loads(line))
-                        await self._announce_news()
+            async for line in self.transport.piece_stream(link.parent, self.task_id):
+                if line.strip():
+                    self._apply(link, json.loads(line))
+                    await self._announce_news()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -242,31 +216,14 @@ class Swarm:
             link.complete = True
 
     async def fetch(self, link: ParentLink, piece: Piece) -> AsyncIterator[bytes]:
-        """The bytes of one piece from one parent (a range GET on its upload server)."""
+        """The bytes of one piece from one parent; a busy parent is asked again later."""
         link.in_flight += 1
-        host = link.parent.host_id
         try:
-            try:
-                response = await self.session.get(
-                    f"{link.base_url}/v1/tasks/{self.task_id}",
-                    headers={"Range": f"bytes={piece.offset}-{piece.end - 1}"},
-                    timeout=aiohttp.ClientTimeout(total=self.piece_timeout, sock_connect=5),
-                )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                raise ParentError(host, "unreachable", f"{host}: {exc}") from exc
-            try:
-                if response.status == 503:
-                    link.busy_until = time.monotonic() + self.transfer.busy_backoff
-                    raise ParentBusy(host)
-                if response.status != 206:
-                    raise ParentError(host, "unreachable", f"{host} answered {response.status}")
-                try:
-                    async for chunk in response.content.iter_any():
-                        yield chunk
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    raise ParentError(host, "unreachable", f"{host}: {exc!r}") from exc
-            finally:
-                response.release()
+            async for chunk in self.transport.piece(link.parent, self.task_id, piece):
+                yield chunk
+        except ParentBusy:
+            link.busy_until = time.monotonic() + self.transfer.busy_backoff
+            raise
         finally:
             link.in_flight -= 1
 

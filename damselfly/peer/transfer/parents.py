@@ -1,0 +1,83 @@
+"""Reaching parent peers: the transport under ``Swarm``, behind one interface.
+
+A parent's upload server offers two things (see p2p/upload.py): the task's
+piece stream (NDJSON lines: geometry, the pieces held, a line per new piece)
+and one piece's bytes by Range. ``HttpParents`` asks for them over HTTP;
+tests put an in-memory swarm behind the same interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import aiohttp
+
+from damselfly.api import scheduler as api
+from damselfly.peer.store.pieces import Piece
+
+
+class ParentBusy(Exception):
+    """The parent has no upload slot free right now: not a failure, ask again later."""
+
+
+class ParentError(Exception):
+    """A parent failed to deliver a piece; ``reason`` is as the scheduler expects."""
+
+    def __init__(self, host_id: str, reason: api.ParentFailureReason, message: str) -> None:
+        super().__init__(message)
+        self.host_id = host_id
+        self.reason: api.ParentFailureReason = reason
+
+
+class ParentTransport(Protocol):
+    def piece_stream(self, parent: api.Parent, task_id: str) -> AsyncIterator[bytes]:
+        """The parent's piece stream, line by line; ParentError if it will not send one."""
+
+    def piece(self, parent: api.Parent, task_id: str, piece: Piece) -> AsyncIterator[bytes]:
+        """One piece's bytes; ParentBusy (no upload slot) or ParentError (unusable)."""
+
+
+def base_url(parent: api.Parent) -> str:
+    return f"http://{parent.ip}:{parent.upload_port}"
+
+
+class HttpParents:
+    """Parents' upload servers over HTTP (``piece_timeout`` bounds one piece)."""
+
+    def __init__(self, session: aiohttp.ClientSession, piece_timeout: float) -> None:
+        self.session = session
+        self.piece_timeout = piece_timeout
+
+    async def piece_stream(self, parent: api.Parent, task_id: str) -> AsyncIterator[bytes]:
+        url = f"{base_url(parent)}/v1/tasks/{task_id}/pieces"
+        async with self.session.get(
+            url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+        ) as response:
+            if response.status != 200:
+                raise ParentError(parent.host_id, "unreachable", f"{url}: {response.status}")
+            async for line in response.content:
+                yield line
+
+    async def piece(self, parent: api.Parent, task_id: str, piece: Piece) -> AsyncIterator[bytes]:
+        host = parent.host_id
+        try:
+            response = await self.session.get(
+                f"{base_url(parent)}/v1/tasks/{task_id}",
+                headers={"Range": f"bytes={piece.offset}-{piece.end - 1}"},
+                timeout=aiohttp.ClientTimeout(total=self.piece_timeout, sock_connect=5),
+            )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ParentError(host, "unreachable", f"{host}: {exc}") from exc
+        try:
+            if response.status == 503:
+                raise ParentBusy(host)
+            if response.status != 206:
+                raise ParentError(host, "unreachable", f"{host} answered {response.status}")
+            try:
+                async for chunk in response.content.iter_any():
+                    yield chunk
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise ParentError(host, "unreachable", f"{host}: {exc!r}") from exc
+        finally:
+            response.release()
