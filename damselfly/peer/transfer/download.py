@@ -74,6 +74,11 @@ class Download:
         async def run() -> None:
             try:
                 await fetch()
+            except asyncio.CancelledError:
+                if not self.complete and self.error is None:
+                    # Clients waiting for pieces are cut, not left waiting forever.
+                    self.failed(DownloadFailed("the download was stopped (peer shutting down)"))
+                raise
             finally:
                 self._started.set()
                 await self.notify()
