@@ -43,6 +43,7 @@ from damselfly.peer.transfer.fetch import P2P
 from damselfly.peer.transfer.parents import HttpParents
 from damselfly.peer.transfer.rangefetch import RangeFetcher
 from damselfly.peer.transfer.session import Scheduled
+from damselfly.web import serve_app
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +201,9 @@ class Peer:
         )
 
     async def _serve_app(self, app: web.Application, listen: Any) -> int:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-        await site.start()
+        runner, port = await serve_app(app, listen.host, listen.port)
         self._runners.append(runner)
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        return int(server.sockets[0].getsockname()[1])
+        return port
 
     def _health_app(self) -> web.Application:
         app = web.Application()
