@@ -18,24 +18,22 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from damselfly import __version__
-from damselfly.api import scheduler as api
 from damselfly.api.ruleset import RuleSet
 from damselfly.api.schedulerclient import SchedulerClient
 from damselfly.config.load import ConfigError
 from damselfly.config.peer import PeerConfig, load_config
 from damselfly.peer.frontdoor.proxy import Proxy
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.net.access import GuardedResolver, check_upstream
+from damselfly.peer.net.access import GuardedResolver
 from damselfly.peer.p2p.announcer import Announcer
+from damselfly.peer.p2p.seeding import Seeder
 from damselfly.peer.p2p.upload import UploadServer
 from damselfly.peer.rules.filesource import RulesSource
 from damselfly.peer.rules.kubesource import KubeRules
 from damselfly.peer.rules.match import CompiledRules, RulesHolder
-from damselfly.peer.rules.taskid import TaskKey
 from damselfly.peer.store.check import StoreUnusable, check_store_dir
 from damselfly.peer.store.piecestore import PieceStore
 from damselfly.peer.transfer.cache import Cache
@@ -105,8 +103,11 @@ class Peer:
         self.proxy_port = proxy_server.sockets[0].getsockname()[1]
         self.metrics_port = await self._serve_app(self._health_app(), self.config.metrics)
         per_task = self.config.upload.task_slots(self.config.seed)
+        seeder = (
+            Seeder(self.cache, self.config.proxy.allow_link_local) if self.config.seed else None
+        )
         self.upload = UploadServer(
-            self.cache, self.config.upload.slots, self._seed if self.config.seed else None, per_task
+            self.cache, self.config.upload.slots, seeder.seed if seeder else None, per_task
         )
         self.upload_port = await self._serve_app(self.upload.app(), self.config.upload)
         if self.scheduler is not None:
@@ -168,15 +169,6 @@ class Peer:
                 return str(probe.getsockname()[0])
             except OSError:
                 return "127.0.0.1"
-
-    def _seed(self, request: api.SeedRequest) -> None:
-        """The scheduler asks this seed to fetch a task from the origin."""
-        if self.cache.complete_record(request.task_id) is not None:
-            return
-        check_upstream(request.url, self.config.proxy.allow_link_local)  # 403 if refused
-        key = TaskKey(task_id=request.task_id, cache_url=request.url, sha256=request.sha256)
-        log.info("seeding", extra={"task": request.task_id, "url": request.url})
-        self.cache.download(key, request.url, CIMultiDict(request.headers), back_to_source=True)
 
     def _upstream_tls(self) -> ssl.SSLContext:
         """TLS toward origins: the system's CAs, or the configured CA file instead."""
