@@ -14,28 +14,24 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from damselfly import __version__
-from damselfly.api import scheduler as api
 from damselfly.api.ruleset import RuleSet
 from damselfly.api.schedulerclient import SchedulerClient
 from damselfly.config.load import ConfigError
-from damselfly.config.peer import PeerConfig, load_config
+from damselfly.config.peer import ListenSection, PeerConfig, load_config
 from damselfly.peer.frontdoor.proxy import Proxy
+from damselfly.peer.health import About, Health
 from damselfly.peer.metrics import PeerMetrics
-from damselfly.peer.net.access import GuardedResolver, check_upstream
+from damselfly.peer.net.access import GuardedResolver
 from damselfly.peer.p2p.announcer import Announcer
+from damselfly.peer.p2p.seeding import Seeder
 from damselfly.peer.p2p.upload import UploadServer
 from damselfly.peer.rules.filesource import RulesSource
 from damselfly.peer.rules.kubesource import KubeRules
 from damselfly.peer.rules.match import CompiledRules, RulesHolder
-from damselfly.peer.rules.taskid import TaskKey
 from damselfly.peer.store.check import StoreUnusable, check_store_dir
 from damselfly.peer.store.piecestore import PieceStore
 from damselfly.peer.transfer.cache import Cache
@@ -43,71 +39,111 @@ from damselfly.peer.transfer.fetch import P2P
 from damselfly.peer.transfer.parents import HttpParents
 from damselfly.peer.transfer.rangefetch import RangeFetcher
 from damselfly.peer.transfer.session import Scheduled
+from damselfly.web import serve_app
 
 log = logging.getLogger(__name__)
 
 
 class Peer:
-    """One running peer; ``start`` binds its ports, ``stop`` releases everything."""
+    """One running peer; ``start`` binds its ports, ``stop`` releases everything.
+
+    The composition root: it builds the parts and connects them, and does nothing
+    itself. Parts that need the event loop or the store directory are None until
+    ``start``; the ports are 0 until bound.
+    """
 
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
         self.host_id = config.host_id or socket.gethostname()
         self.metrics = PeerMetrics()
         self.started_at = time.time()
+        defaults = tuple(config.proxy.default_filtered_query_params)
+        self.rules = RulesHolder(CompiledRules(RuleSet(), defaults))
+        # built by start, in this order
+        self.store: PieceStore | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.fetcher: RangeFetcher | None = None
+        self.scheduler: SchedulerClient | None = None  # stays None without scheduler addresses
+        self.cache: Cache | None = None
+        self.rules_source: RulesSource | None = None
+        self.proxy: Proxy | None = None
+        self.proxy_port = 0
+        self.upload: UploadServer | None = None
+        self.upload_port = 0
+        self.health: Health | None = None
+        self.metrics_port = 0
+        self.kube_rules: KubeRules | None = None  # only with rules from the API
         self._tasks: list[asyncio.Task[None]] = []
         self._servers: list[asyncio.Server] = []
         self._runners: list[web.AppRunner] = []
 
     async def start(self) -> None:
-        storage = Path(self.config.storage.dir)
+        config = self.config
+        storage = Path(config.storage.dir)
         check_store_dir(storage)  # creates it; StoreUnusable says what to fix
-        self.store = PieceStore(storage, self.config.storage.quota)
+        self.store = PieceStore(storage, config.storage.quota)
         self.session = self._client_session()
         self.fetcher = RangeFetcher(
             self._upstream_tls(),
-            self.config.proxy.allow_link_local,
-            self.config.proxy.upstream_connect_timeout,
-            self.config.proxy.upstream_read_timeout,
+            config.proxy.allow_link_local,
+            config.proxy.upstream_connect_timeout,
+            config.proxy.upstream_read_timeout,
         )
         self.scheduler = self._scheduler_client()
+
+        # The data path (P2P, Cache): the cache of downloads and, with a scheduler, the swarm.
         p2p = None
         if self.scheduler is not None:
             scheduler, host_id = self.scheduler, self.host_id
             p2p = P2P(
                 sessions=lambda task_id: Scheduled(scheduler, task_id, host_id),
-                parents=HttpParents(self.session, self.config.scheduler.piece_timeout),
-                stall_timeout=self.config.scheduler.stall_timeout,
+                parents=HttpParents(self.session, config.scheduler.piece_timeout),
+                stall_timeout=config.scheduler.stall_timeout,
             )
         self.cache = Cache(
             self.store,
-            self.config.storage,
+            config.storage,
             self.session,
             self.fetcher,
             self.metrics,
             p2p,
-            self.config.transfer,
+            config.transfer,
         )
-        defaults = tuple(self.config.proxy.default_filtered_query_params)
-        self.rules = RulesHolder(CompiledRules(RuleSet(), defaults))
-        self.rules_source = RulesSource(self.config, self.rules, self.metrics, storage)
+
+        self.rules_source = RulesSource(config, self.rules, self.metrics, storage)
         self.rules_source.load_initial()
-        self.proxy = Proxy(self.config.proxy, self.rules, self.cache, self.session, self.metrics)
+
+        # The ports. The metrics port goes last, so /readyz answers only once all are bound.
+        self.proxy = Proxy(config.proxy, self.rules, self.cache, self.session, self.metrics)
         proxy_server = await asyncio.start_server(
             self.proxy.handle_connection,
-            self.config.proxy.host,
-            self.config.proxy.port,
+            config.proxy.host,
+            config.proxy.port,
             reuse_address=True,
             limit=1 << 20,
         )
         self._servers.append(proxy_server)
-        self.proxy_port = proxy_server.sockets[0].getsockname()[1]
-        self.metrics_port = await self._serve_app(self._health_app(), self.config.metrics)
-        per_task = self.config.upload.task_slots(self.config.seed)
+        self.proxy_port = int(proxy_server.sockets[0].getsockname()[1])
+        seeder = Seeder(self.cache, config.proxy.allow_link_local) if config.seed else None
+        per_task = config.upload.task_slots(config.seed)
         self.upload = UploadServer(
-            self.cache, self.config.upload.slots, self._seed if self.config.seed else None, per_task
+            self.cache, config.upload.slots, seeder.seed if seeder else None, per_task
         )
-        self.upload_port = await self._serve_app(self.upload.app(), self.config.upload)
+        self.upload_port = await self._serve_app(self.upload.app(), config.upload)
+        about = About(
+            host_id=self.host_id,
+            seed=config.seed,
+            started_at=self.started_at,
+            proxy_port=self.proxy_port,
+            upload_port=self.upload_port,
+            quota_bytes=config.storage.quota,
+        )
+        self.health = Health(
+            about, self.metrics, self.cache, self.store, self.rules_source, self._servers
+        )
+        self.metrics_port = await self._serve_app(self.health.app(), config.metrics)
+
+        # Background work: announcing, following the rules, evicting.
         if self.scheduler is not None:
             announcer = Announcer(
                 self.scheduler,
@@ -115,36 +151,37 @@ class Peer:
                 self.host_id,
                 self.advertise_ip(),
                 self.upload_port,
-                self.config.seed,
-                self.config.upload.slots,
+                config.seed,
+                config.upload.slots,
                 per_task,
-                self.config.scheduler.announce_interval,
+                config.scheduler.announce_interval,
             )
-            self._tasks.append(asyncio.create_task(announcer.run(lambda: self.upload.slots_free)))
-        self.kube_rules: KubeRules | None = None
-        if self.config.rules.source == "api" and self.config.rules.api is not None:
+            upload = self.upload
+            self._tasks.append(asyncio.create_task(announcer.run(lambda: upload.slots_free)))
+        if config.rules.source == "api" and config.rules.api is not None:
             # ProxyRules through the API; the file (the ConfigMap) only seeded the start
-            self.kube_rules = KubeRules(self.config.rules.api, self.rules_source, self.host_id)
+            self.kube_rules = KubeRules(config.rules.api, self.rules_source, self.host_id)
             self._tasks.append(asyncio.create_task(self.kube_rules.run()))
         else:
             self._tasks.append(asyncio.create_task(self.rules_source.watch()))
-        self._tasks.append(asyncio.create_task(self.cache.run_gc(self.config.storage.gc_interval)))
+        self._tasks.append(asyncio.create_task(self.cache.run_gc(config.storage.gc_interval)))
         log.info(
             "peer started",
             extra={
-                "proxy": f"{self.config.proxy.host}:{self.proxy_port}",
-                "metrics": f"{self.config.metrics.host}:{self.metrics_port}",
-                "upload": f"{self.config.upload.host}:{self.upload_port}",
-                "schedulers": self.config.scheduler.addresses,
+                "proxy": f"{config.proxy.host}:{self.proxy_port}",
+                "metrics": f"{config.metrics.host}:{self.metrics_port}",
+                "upload": f"{config.upload.host}:{self.upload_port}",
+                "schedulers": config.scheduler.addresses,
                 "store": str(storage),
                 "host_id": self.host_id,
-                "seed": self.config.seed,
+                "seed": config.seed,
             },
         )
 
     def _scheduler_client(self) -> SchedulerClient | None:
         if not self.config.scheduler.addresses:
             return None
+        assert self.session is not None
         return SchedulerClient(
             self.config.scheduler.addresses, self.session, self.config.scheduler.timeout
         )
@@ -168,15 +205,6 @@ class Peer:
             except OSError:
                 return "127.0.0.1"
 
-    def _seed(self, request: api.SeedRequest) -> None:
-        """The scheduler asks this seed to fetch a task from the origin."""
-        if self.cache.complete_record(request.task_id) is not None:
-            return
-        check_upstream(request.url, self.config.proxy.allow_link_local)  # 403 if refused
-        key = TaskKey(task_id=request.task_id, cache_url=request.url, sha256=request.sha256)
-        log.info("seeding", extra={"task": request.task_id, "url": request.url})
-        self.cache.download(key, request.url, CIMultiDict(request.headers), back_to_source=True)
-
     def _upstream_tls(self) -> ssl.SSLContext:
         """TLS toward origins: the system's CAs, or the configured CA file instead."""
         return ssl.create_default_context(cafile=self.config.proxy.upstream_ca_file)
@@ -199,64 +227,13 @@ class Peer:
             connector=connector, timeout=timeout, auto_decompress=False, trust_env=False
         )
 
-    async def _serve_app(self, app: web.Application, listen: Any) -> int:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_address=True)
-        await site.start()
+    async def _serve_app(self, app: web.Application, listen: ListenSection) -> int:
+        runner, port = await serve_app(app, listen.host, listen.port)
         self._runners.append(runner)
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        return int(server.sockets[0].getsockname()[1])
-
-    def _health_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/status", self._status)
-        return app
-
-    async def _metrics(self, _: web.Request) -> web.Response:
-        self.cache.update_gauges()
-        body = generate_latest(self.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def _healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def _readyz(self, _: web.Request) -> web.Response:
-        ready = bool(self._servers) and all(server.is_serving() for server in self._servers)
-        return web.Response(text="ready\n" if ready else "starting\n", status=200 if ready else 503)
-
-    async def _status(self, _: web.Request) -> web.Response:
-        rules = self.rules_source.status
-        return web.json_response(
-            {
-                "version": __version__,
-                "hostId": self.host_id,
-                "seed": self.config.seed,
-                "startedAt": self.started_at,
-                "rules": {
-                    "hash": rules.hash,
-                    "count": rules.count,
-                    "source": rules.source,
-                    "loadedAt": rules.loaded_at,
-                    "lastError": rules.last_error,
-                    "lastErrorAt": rules.last_error_at,
-                },
-                "uploadPort": self.upload_port,
-                "proxyPort": self.proxy_port,
-                "store": {
-                    "usedBytes": self.store.used_bytes(),
-                    "quotaBytes": self.config.storage.quota,
-                    "tasks": self.store.task_count(),
-                    "activeDownloads": len(self.cache.active),
-                },
-            }
-        )
+        return port
 
     async def stop(self) -> None:
+        """Release what ``start`` made; also after a start that failed midway."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -266,11 +243,15 @@ class Peer:
             server.close()
         for runner in self._runners:
             await runner.cleanup()
-        for download in list(self.cache.active.values()):
-            await download.cancel()
-        await self.session.close()
-        self.fetcher.close()
-        self.store.close()
+        if self.cache is not None:
+            for download in list(self.cache.active.values()):
+                await download.cancel()
+        if self.session is not None:
+            await self.session.close()
+        if self.fetcher is not None:
+            self.fetcher.close()
+        if self.store is not None:
+            self.store.close()
         log.info("peer stopped")
 
 

@@ -15,18 +15,9 @@ from damselfly import __version__
 from damselfly.config.load import ConfigError
 from damselfly.config.scheduler import SchedulerConfig, load_config
 from damselfly.scheduler.service import SchedulerService
+from damselfly.web import serve_app
 
 log = logging.getLogger(__name__)
-
-
-async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server)
-    return runner, int(server.sockets[0].getsockname()[1])
 
 
 async def serve(config: SchedulerConfig, host: str, port: int, metrics_port: int) -> None:
@@ -35,9 +26,9 @@ async def serve(config: SchedulerConfig, host: str, port: int, metrics_port: int
     await service.start()
     runners: list[web.AppRunner] = []
     try:
-        api_runner, api_port = await _serve(service.api_app(), host, port)
+        api_runner, api_port = await serve_app(service.api_app(), host, port)
         runners.append(api_runner)
-        metrics_runner, bound_metrics = await _serve(service.metrics_app(), host, metrics_port)
+        metrics_runner, bound_metrics = await serve_app(service.metrics_app(), host, metrics_port)
         runners.append(metrics_runner)
         log.info(
             "scheduler started",

@@ -23,6 +23,7 @@ from damselfly.api import scheduler as api
 from damselfly.config.scheduler import SchedulerConfig
 from damselfly.scheduler.metrics import SchedulerMetrics
 from damselfly.scheduler.resources import Decision, Resources
+from damselfly.web import healthz, readiness
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +109,14 @@ class SchedulerService:
         for path, handler in routes:
             app.router.add_post(path, handler)
         app.router.add_get("/v1/tasks/{task_id}", self.task_info)
-        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", self.readyz)
         return app
 
     def metrics_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/metrics", self.metrics_endpoint)
-        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/healthz", healthz)
         return app
 
     # -- handlers ------------------------------------------------------------
@@ -204,13 +205,8 @@ class SchedulerService:
             }
         )
 
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
     async def readyz(self, _: web.Request) -> web.Response:
-        return web.Response(
-            text="ready\n" if self.ready else "starting\n", status=200 if self.ready else 503
-        )
+        return readiness(self.ready)
 
     async def metrics_endpoint(self, _: web.Request) -> web.Response:
         self.metrics.hosts.set(len(self.resources.hosts))

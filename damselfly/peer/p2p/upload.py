@@ -25,6 +25,7 @@ from damselfly.peer.net.ranges import UnsatisfiableRange, parse_range
 from damselfly.peer.store.piecestore import READ_CHUNK, PieceCorrupt, TaskRecord
 from damselfly.peer.transfer.cache import Cache
 from damselfly.peer.transfer.download import Download, DownloadFailed
+from damselfly.web import healthz
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,8 @@ class UploadServer:
         app.router.add_get("/v1/tasks/{task_id}/pieces", self.piece_stream)
         app.router.add_get("/v1/tasks/{task_id}", self.piece_data)
         app.router.add_post(api.SEED_PATH, self.seed)
-        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/healthz", healthz)
         return app
-
-    async def healthz(self, _: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
 
     async def _source(self, task_id: str) -> tuple[TaskRecord, Download | None]:
         """The task's record, and its download when one is running; 404 if not held."""
