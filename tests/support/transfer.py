@@ -12,7 +12,6 @@ schedule and records what the download reported.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Literal
 
 from aiohttp import web
 
+from damselfly.api import peerwire
 from damselfly.api import scheduler as api
 from damselfly.peer.store.digest import PieceHasher
 from damselfly.peer.store.pieces import Piece
@@ -118,14 +118,15 @@ class MemoryParents:
     async def piece_stream(self, parent: api.Parent, task_id: str) -> AsyncIterator[bytes]:
         held = self.parents[parent.host_id]
         complete = len(held.held) * held.piece_length >= len(held.data)
-        first = {
-            "size": len(held.data),
-            "pieceLength": held.piece_length,
-            "headers": {"ETag": '"v1"'},
-            "pieces": {str(n): d for n, d in held.digests().items()},
-            "complete": complete,
-        }
-        yield json.dumps(first).encode() + b"\n"
+        yield peerwire.render(
+            peerwire.StreamStart(
+                size=len(held.data),
+                piece_length=held.piece_length,
+                headers={"ETag": '"v1"'},
+                pieces=held.digests(),
+                complete=complete,
+            )
+        )
         if not complete:
             await asyncio.Event().wait()  # a parent still downloading: the stream stays open
 

@@ -1,17 +1,18 @@
 """The upload server (port 65002): other peers fetch pieces here.
 
-- ``GET /v1/tasks/{id}/pieces``: NDJSON, first the object's geometry, headers
-  and the pieces held, then a line per new piece while the download runs.
-- ``GET /v1/tasks/{id}`` with ``Range`` covering one piece: its bytes (206),
-  checked against their digest before they leave.
+- the piece stream: NDJSON, first the object's geometry, headers and the
+  pieces held, then a line per new piece while the download runs.
+- one piece by ``Range``: its bytes (206), checked against their digest
+  before they leave.
 - ``POST /v1/seed``: the scheduler asks a seed peer to fetch a task (202).
+
+The paths and the lines are in ``damselfly.api.peerwire``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from aiohttp import web
 from pydantic import ValidationError
 
+from damselfly.api import peerwire
 from damselfly.api import scheduler as api
 from damselfly.peer.net.access import Refused
 from damselfly.peer.net.ranges import UnsatisfiableRange, parse_range
@@ -30,10 +32,6 @@ from damselfly.web import healthz
 log = logging.getLogger(__name__)
 
 HEARTBEAT = 2.0  # seconds between "still downloading" lines on a quiet piece stream
-
-
-def _line(message: dict[str, object]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
 
 
 class UploadServer:
@@ -57,8 +55,8 @@ class UploadServer:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/v1/tasks/{task_id}/pieces", self.piece_stream)
-        app.router.add_get("/v1/tasks/{task_id}", self.piece_data)
+        app.router.add_get(peerwire.PIECE_STREAM_ROUTE, self.piece_stream)
+        app.router.add_get(peerwire.PIECE_ROUTE, self.piece_data)
         app.router.add_post(api.SEED_PATH, self.seed)
         app.router.add_get("/healthz", healthz)
         return app
@@ -79,19 +77,19 @@ class UploadServer:
 
     async def piece_stream(self, request: web.Request) -> web.StreamResponse:
         record, download = await self._source(request.match_info["task_id"])
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        response = web.StreamResponse(headers={"Content-Type": peerwire.STREAM_CONTENT_TYPE})
         await response.prepare(request)
         sent = dict(record.pieces) if download is None else download.servable_pieces()
         complete = download is None or download.complete
         await response.write(
-            _line(
-                {
-                    "size": record.size,
-                    "pieceLength": record.piece_length,
-                    "headers": record.headers,
-                    "pieces": {str(n): d for n, d in sent.items()},
-                    "complete": complete,
-                }
+            peerwire.render(
+                peerwire.StreamStart(
+                    size=record.size,
+                    piece_length=record.piece_length,
+                    headers=record.headers,
+                    pieces=sent,
+                    complete=complete,
+                )
             )
         )
         try:
@@ -102,18 +100,19 @@ class UploadServer:
                     # Still downloading, just slowly (a slow origin, large pieces): say
                     # so, or children would take the silence for a stall and all go
                     # to the origin themselves.
-                    await response.write(_line({"alive": True}))
+                    await response.write(peerwire.render(peerwire.Alive()))
                     continue
                 except DownloadFailed:
                     break
                 current = download.servable_pieces()
                 for number, digest in current.items():
                     if number not in sent:
-                        await response.write(_line({"piece": number, "digest": digest}))
+                        line = peerwire.NewPiece(piece=number, digest=digest)
+                        await response.write(peerwire.render(line))
                 sent = current
                 complete = download.complete
                 if complete:
-                    await response.write(_line({"complete": True, "size": record.size}))
+                    await response.write(peerwire.render(peerwire.Complete(size=record.size)))
         except ConnectionResetError:
             pass  # the child has what it needs and hung up: normal, not an error
         return response

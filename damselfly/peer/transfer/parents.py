@@ -1,7 +1,8 @@
 """Reaching parent peers: the transport under ``Swarm``, behind one interface.
 
 A parent's upload server offers two things (see p2p/upload.py): the task's
-piece stream (NDJSON lines: geometry, the pieces held, a line per new piece)
+piece stream (NDJSON lines of ``damselfly.api.peerwire``: geometry, the pieces
+held, a line per new piece)
 and one piece's bytes by Range. ``HttpParents`` asks for them over HTTP;
 tests put an in-memory swarm behind the same interface.
 """
@@ -13,6 +14,7 @@ from typing import Protocol
 
 import aiohttp
 
+from damselfly.api import peerwire
 from damselfly.api import scheduler as api
 from damselfly.peer.store.pieces import Piece
 
@@ -50,7 +52,7 @@ class HttpParents:
         self.piece_timeout = piece_timeout
 
     async def piece_stream(self, parent: api.Parent, task_id: str) -> AsyncIterator[bytes]:
-        url = f"{base_url(parent)}/v1/tasks/{task_id}/pieces"
+        url = base_url(parent) + peerwire.piece_stream_path(task_id)
         async with self.session.get(
             url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
         ) as response:
@@ -63,7 +65,7 @@ class HttpParents:
         host = parent.host_id
         try:
             response = await self.session.get(
-                f"{base_url(parent)}/v1/tasks/{task_id}",
+                base_url(parent) + peerwire.piece_path(task_id),
                 headers={"Range": f"bytes={piece.offset}-{piece.end - 1}"},
                 timeout=aiohttp.ClientTimeout(total=self.piece_timeout, sock_connect=5),
             )

@@ -3,7 +3,7 @@
 (The network side, ``ParentTransport``, is in parents.py.)
 
 Each parent streams its piece list over one long-lived request (NDJSON lines,
-``GET /v1/tasks/{id}/pieces`` on its upload server), so a child learns of new
+``damselfly.api.peerwire``, from its upload server), so a child learns of new
 pieces the moment the parent has them — no fixed-interval polling.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from damselfly.api import peerwire
 from damselfly.api import scheduler as api
 from damselfly.config.peer import TransferSection
 from damselfly.peer.store.pieces import Piece
@@ -184,7 +184,7 @@ class Swarm:
         try:
             async for line in self.transport.piece_stream(link.parent, self.task_id):
                 if line.strip():
-                    self._apply(link, json.loads(line))
+                    self._apply(link, peerwire.parse_line(line))
                     await self._announce_news()
         except asyncio.CancelledError:
             raise
@@ -198,21 +198,14 @@ class Swarm:
         await self._announce_news()
 
     @staticmethod
-    def _apply(link: ParentLink, message: dict[str, object]) -> None:
-        if "pieceLength" in message:
-            size = message.get("size")
-            headers = message.get("headers") or {}
-            link.info = TaskInfo(
-                size=int(size) if isinstance(size, int) else None,
-                piece_length=int(str(message["pieceLength"])),
-                headers={str(k): str(v) for k, v in dict(headers).items()},  # type: ignore[call-overload]
-            )
-        pieces = message.get("pieces")
-        if isinstance(pieces, dict):
-            link.pieces.update({int(k): str(v) for k, v in pieces.items()})
-        if "piece" in message:
-            link.pieces[int(str(message["piece"]))] = str(message["digest"])
-        if message.get("complete"):
+    def _apply(link: ParentLink, message: peerwire.Message | None) -> None:
+        """One line of the parent's piece stream; None (a kind from a newer peer) is skipped."""
+        if isinstance(message, peerwire.StreamStart):
+            link.info = TaskInfo(message.size, message.piece_length, message.headers)
+            link.pieces.update(message.pieces)
+        elif isinstance(message, peerwire.NewPiece):
+            link.pieces[message.piece] = message.digest
+        if isinstance(message, peerwire.StreamStart | peerwire.Complete) and message.complete:
             link.complete = True
 
     async def fetch(self, link: ParentLink, piece: Piece) -> AsyncIterator[bytes]:
