@@ -23,11 +23,12 @@ from pydantic import BaseModel, ValidationError
 
 from damselfly.api import hashring
 from damselfly.api import scheduler as api
+from damselfly.errors import ServiceError
 
 R = TypeVar("R", bound=BaseModel)
 
 
-class SchedulerError(Exception):
+class SchedulerError(ServiceError):
     """Base of the client's errors."""
 
 

@@ -12,10 +12,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from damselfly.errors import InputError
+
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot be read or does not validate; the message names every bad key."""
 
 

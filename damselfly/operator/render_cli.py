@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from damselfly.api.v1alpha1 import API_VERSION, P2PCluster, ProxyRule
+from damselfly.errors import InputError
 from damselfly.operator.render import render_cluster
 
 
@@ -31,7 +32,7 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-class RenderError(ValueError):
+class RenderError(InputError):
     """A file or a resource in it that cannot be rendered."""
 
 

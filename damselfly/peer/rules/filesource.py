@@ -26,13 +26,14 @@ from pydantic import ValidationError
 from damselfly.api.ruleset import RuleSet
 from damselfly.config.load import describe_validation_error
 from damselfly.config.peer import PeerConfig
+from damselfly.errors import InputError
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.rules.match import CompiledRules, RulesHolder
 
 log = logging.getLogger(__name__)
 
 
-class RulesRejected(ValueError):
+class RulesRejected(InputError):
     """A rules version that cannot be used; the message says why."""
 
 
