@@ -1,9 +1,10 @@
 """The errors Damselfly raises on purpose, as one tree, and how they read.
 
-Every error we raise derives from DamselflyError, so ``describe_error`` can tell
-ours (whose messages are written as sentences) from a library's, and a caller
-can catch a whole family. The families live here; each class lives beside the
-code that raises it::
+Every exception class we define derives from DamselflyError, so
+``describe_error`` can tell ours (whose messages are written as sentences) from
+a library's, and a caller can catch a whole family. The families live here;
+each class lives beside the code that raises it (tests/test_errors.py checks
+this drawing against the classes)::
 
     DamselflyError                       errors.py: one of ours; its message reads as is
     ├── InputError (ValueError)          errors.py: something we were handed is wrong; fix it
