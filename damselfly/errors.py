@@ -21,7 +21,7 @@ this drawing against the classes)::
     │   └── ClientGone                   peer/frontdoor/http1.py: the client hung up or sent
     │                                    what h11 rejects: nobody to answer
     ├── ServiceError                     errors.py: a control-plane service gave no usable answer
-    │   ├── SchedulerError               api/schedulerclient.py: base of the scheduler client's
+    │   ├── SchedulerError               api/schedulerclient.py: the scheduler client's errors
     │   │   ├── SchedulerUnavailable     no replica answered: go to the origin
     │   │   └── SchedulerRejected        a replica answered 4xx: our request is wrong (a bug)
     │   ├── ApiError                     kube.py: the Kubernetes API answered non-2xx
