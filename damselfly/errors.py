@@ -37,14 +37,16 @@ this drawing against the classes)::
     │   ├── OriginError                  peer/transfer/origin.py: the origin misbehaved on a
     │   │   │                            piece (status, range, length)
     │   │   └── RangeIgnored             it answered a range request with the whole object
-    │   ├── ParentBusy                   peer/transfer/swarm.py: a parent has no upload slot
+    │   ├── ParentBusy                   peer/transfer/parents.py: a parent has no upload slot
     │   │                                now; not a failure, ask again later
-    │   ├── ParentError                  peer/transfer/swarm.py: a parent failed a piece; carries
-    │   │                                the reason the scheduler expects
+    │   ├── ParentError                  peer/transfer/parents.py: a parent failed a piece;
+    │   │                                carries the reason the scheduler expects
+    │   ├── PieceLengthWrong             peer/store/writer.py: a source sent more bytes than the
+    │   │                                piece holds, or fewer
+    │   ├── PieceMismatch                peer/store/writer.py: a piece's bytes miss the digest
+    │   │                                they had to match
     │   └── DownloadFailed               peer/transfer/download.py: the download cannot finish;
-    │       │                            clients still reading are cut off
-    │       └── NotCacheable             the origin forbids keeping it: clients get it passed
-    │                                    through
+    │                                    clients still reading are cut off
     └── CommandError                     errors.py: a CLI command stops; it prints the message
         ├── GetError                     get.py: ``damselfly get`` could not fetch the file
         ├── LocalError                   local.py: ``damselfly local`` cannot do what was asked
