@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # describe_error lives in damselfly.errors; re-exported because transfer/download
-# imports it from here.
+# and transfer/fetch import it from here.
 from damselfly.errors import describe_error as describe_error
 
 # RFC 9110 §7.6.1: headers that concern one connection, never forwarded.
