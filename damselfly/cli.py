@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 
 from damselfly import __version__
 from damselfly.config import ports
+from damselfly.errors import CommandError
 from damselfly.logs import LEVELS, setup_logging
 
 # Each subcommand's implementation: a module with ``run(args) -> int``.
@@ -28,7 +29,7 @@ COMMAND_MODULES = {
 }
 
 
-class NotBuiltError(RuntimeError):
+class NotBuiltError(CommandError):
     """A subcommand whose implementation does not exist yet: it must fail loudly."""
 
 

@@ -27,6 +27,7 @@ from typing import TextIO
 import aiohttp
 
 from damselfly.config.peer import PeerConfig
+from damselfly.errors import CommandError
 from damselfly.local import LocalState, default_state_dir, pid_alive
 
 # Starts a peer in this process from a config and yields its proxy URL while the
@@ -37,7 +38,7 @@ CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
-class GetError(RuntimeError):
+class GetError(CommandError):
     """The download failed; the message says why."""
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from damselfly.errors import ServiceError
+
 # kind -> plural, for the kinds the operator reads and writes.
 PLURALS = {
     "ConfigMap": "configmaps",
@@ -58,7 +60,7 @@ def object_path(obj: dict[str, Any], subresource: str | None = None) -> str:
     )
 
 
-class ApiError(Exception):
+class ApiError(ServiceError):
     """A non-2xx answer; ``permanent`` when retrying the same request cannot help."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:

@@ -28,6 +28,7 @@ import yaml
 from damselfly.api.v1alpha1 import P2PCluster, ProxyRule
 from damselfly.config import ports as default_ports
 from damselfly.config.peer import PeerConfig
+from damselfly.errors import CommandError
 from damselfly.operator.render import peer_config, render_rules
 from damselfly.operator.render_cli import RenderError, load_documents, parse_resources
 
@@ -37,7 +38,7 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
 
-class LocalError(RuntimeError):
+class LocalError(CommandError):
     """Something that stops ``local`` from doing what was asked; the message says what."""
 
 

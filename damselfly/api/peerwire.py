@@ -25,6 +25,7 @@ import json
 from pydantic import Field, ValidationError, field_validator
 
 from damselfly.api.scheduler import Digest, Model
+from damselfly.errors import TransferError, describe_validation
 
 PIECE_STREAM_ROUTE = "/v1/tasks/{task_id}/pieces"
 PIECE_ROUTE = "/v1/tasks/{task_id}"
@@ -86,7 +87,7 @@ _KINDS: tuple[tuple[str, type[Message]], ...] = (
 )
 
 
-class BadLine(ValueError):
+class BadLine(TransferError, ValueError):
     """A line of the piece stream that is not JSON, or a known kind with bad fields."""
 
 
@@ -103,7 +104,7 @@ def parse_line(line: bytes | str) -> Message | None:
             try:
                 return kind.model_validate(data)
             except ValidationError as exc:
-                raise BadLine(f"bad {kind.__name__} line: {exc}") from None
+                raise BadLine(f"bad {kind.__name__} line: {describe_validation(exc)}") from None
     return None
 
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from damselfly.api.ruleset import Rule, RuleSet, regex_error
 from damselfly.api.v1alpha1 import ProxyRule
+from damselfly.errors import describe_validation
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,7 @@ def peer_rule(rule: ProxyRule) -> Rule:
     try:
         return Rule.model_validate(rule.spec.rule_fields())
     except ValidationError as exc:
-        messages = (e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise ValueError("; ".join(messages)) from None
+        raise ValueError(describe_validation(exc)) from None
 
 
 def render_rules(cluster_name: str, rules: Iterable[ProxyRule]) -> RenderedRules:
@@ -76,15 +76,6 @@ def render_rules(cluster_name: str, rules: Iterable[ProxyRule]) -> RenderedRules
     return RenderedRules(RuleSet(rules=accepted), verdicts)
 
 
-def validation_message(exc: ValidationError) -> str:
-    """One line per bad field, for a status condition or a log line."""
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 def parse_proxy_rules(
     raw_rules: Iterable[dict[str, Any]],
 ) -> tuple[list[ProxyRule], list[tuple[dict[str, Any], str]]]:
@@ -95,7 +86,7 @@ def parse_proxy_rules(
         try:
             rules.append(ProxyRule.model_validate(raw))
         except ValidationError as exc:
-            invalid.append((raw, validation_message(exc)))
+            invalid.append((raw, describe_validation(exc)))
     return rules, invalid
 
 

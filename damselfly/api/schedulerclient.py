@@ -23,11 +23,12 @@ from pydantic import BaseModel, ValidationError
 
 from damselfly.api import hashring
 from damselfly.api import scheduler as api
+from damselfly.errors import ServiceError, describe_validation
 
 R = TypeVar("R", bound=BaseModel)
 
 
-class SchedulerError(Exception):
+class SchedulerError(ServiceError):
     """Base of the client's errors."""
 
 
@@ -97,7 +98,9 @@ class SchedulerClient:
             try:
                 return reply.model_validate_json(text)
             except ValidationError as exc:
-                raise SchedulerRejected(address, resp.status, f"bad reply: {exc}") from None
+                raise SchedulerRejected(
+                    address, resp.status, f"bad reply: {describe_validation(exc)}"
+                ) from None
 
     async def _post(self, task_id: str, path: str, body: api.Model, reply: type[R]) -> R:
         errors: list[str] = []

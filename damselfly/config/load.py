@@ -12,22 +12,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from damselfly.errors import InputError, describe_validation
+
 Model = TypeVar("Model", bound=BaseModel)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot be read or does not validate; the message names every bad key."""
-
-
-def describe_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid config"]
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        value = error.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}{shown}")
-    return "\n".join(lines)
 
 
 def parse_model(model: type[Model], data: Any, source: str) -> Model:
@@ -39,7 +30,7 @@ def parse_model(model: type[Model], data: Any, source: str) -> Model:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, source)) from None
+        raise ConfigError(describe_validation(exc, source)) from None
 
 
 def load_model(model: type[Model], path: str | None) -> Model:

@@ -18,8 +18,9 @@ import aiohttp
 from pydantic import ValidationError
 
 from damselfly.api import report
-from damselfly.api.rules import parse_proxy_rules, validation_message
+from damselfly.api.rules import parse_proxy_rules
 from damselfly.api.v1alpha1 import API_VERSION, P2PCluster
+from damselfly.errors import describe_validation
 from damselfly.kube import ApiError, Kube, resource_path
 from damselfly.operator import status as st
 from damselfly.operator.diagnose import Problem, diagnose
@@ -75,7 +76,7 @@ class Reconciler:
         try:
             cluster = P2PCluster.model_validate(raw)
         except ValidationError as exc:
-            await self._stalled(raw, "InvalidSpec", validation_message(exc))
+            await self._stalled(raw, "InvalidSpec", describe_validation(exc))
             return
         if cluster.spec.suspend:
             await self._write_status(raw, st.suspended_conditions(_conditions(raw)), {})

@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from damselfly.api.v1alpha1 import API_VERSION, P2PCluster, ProxyRule
+from damselfly.errors import InputError, describe_validation
 from damselfly.operator.render import render_cluster
 
 
@@ -31,7 +32,7 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
-class RenderError(ValueError):
+class RenderError(InputError):
     """A file or a resource in it that cannot be rendered."""
 
 
@@ -54,13 +55,6 @@ def load_documents(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
     return docs
 
 
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-        for e in exc.errors()
-    )
-
-
 def parse_resources(
     docs: list[tuple[str, dict[str, Any]]],
 ) -> tuple[list[P2PCluster], list[ProxyRule]]:
@@ -77,7 +71,9 @@ def parse_resources(
             elif doc.get("kind") == "ProxyRule":
                 rules.append(ProxyRule.model_validate(doc))
         except ValidationError as exc:
-            raise RenderError(f"{path}: {doc.get('kind')} {name}: {_describe(exc)}") from None
+            raise RenderError(
+                f"{path}: {doc.get('kind')} {name}: {describe_validation(exc)}"
+            ) from None
     if not clusters:
         raise RenderError(f"no {API_VERSION} P2PCluster in the files")
     return clusters, rules

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from damselfly.api import scheduler as api
 from damselfly.config.scheduler import SchedulerConfig
+from damselfly.errors import describe_validation
 from damselfly.scheduler.metrics import SchedulerMetrics
 from damselfly.scheduler.resources import Decision, Resources
 from damselfly.web import healthz, readiness
@@ -42,11 +43,7 @@ async def parse(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        detail = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()[:10]
-        )
-        raise BadRequest(text=f"invalid {model.__name__}: {detail}\n") from None
+        raise BadRequest(text=f"invalid {model.__name__}: {describe_validation(exc)}\n") from None
 
 
 def reply(model: api.Model) -> web.Response:

@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import h11
 
+from damselfly.errors import RequestError
+
 READ_SIZE = 256 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -30,7 +32,7 @@ class _FileSpan:
         return self.count
 
 
-class ClientGone(Exception):
+class ClientGone(RequestError):
     """The client closed its connection or sent something h11 rejects."""
 
 

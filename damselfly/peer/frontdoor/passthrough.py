@@ -10,10 +10,11 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
+from damselfly.errors import describe_error
 from damselfly.peer.frontdoor.http1 import ClientConnection, ClientGone
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.net.access import Refused, resolve_tunnel_target
-from damselfly.peer.net.httputil import HOP_BY_HOP, connection_tokens, describe_error
+from damselfly.peer.net.httputil import HOP_BY_HOP, connection_tokens
 
 log = logging.getLogger(__name__)
 

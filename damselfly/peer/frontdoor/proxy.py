@@ -16,12 +16,12 @@ import h11
 from multidict import CIMultiDict
 
 from damselfly.config.peer import ProxySection
+from damselfly.errors import describe_error
 from damselfly.peer.frontdoor.http1 import ClientConnection, ClientGone
 from damselfly.peer.frontdoor.passthrough import forward, relay_response, response_headers, tunnel
 from damselfly.peer.frontdoor.respond import CACHE_HEADER, TASK_ID_HEADER, serve
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.net.access import Refused, check_basic_auth, check_upstream, client_allowed
-from damselfly.peer.net.httputil import describe_error
 from damselfly.peer.rules.match import RuleMatch, RulesHolder
 from damselfly.peer.rules.taskid import APPLICATION_HEADER, TAG_HEADER, task_key
 from damselfly.peer.transfer import origin

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from damselfly.errors import RequestError
+
 _LINK_LOCAL = (
     ipaddress.ip_network("169.254.0.0/16"),
     ipaddress.ip_network("fe80::/10"),
@@ -21,7 +23,7 @@ _LINK_LOCAL = (
 )
 
 
-class Refused(Exception):
+class Refused(RequestError):
     """A request the proxy will not serve; ``status`` is 403 or 407."""
 
     def __init__(self, status: int, reason: str, message: str) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# describe_error lives in damselfly.errors; re-exported because transfer/download
+# and transfer/fetch import it from here.
+from damselfly.errors import describe_error as describe_error
+
 # RFC 9110 §7.6.1: headers that concern one connection, never forwarded.
 HOP_BY_HOP = frozenset(
     {
@@ -23,17 +27,3 @@ def connection_tokens(values: list[str]) -> set[str]:
     return {
         token.strip().lower() for value in values for token in value.split(",") if token.strip()
     }
-
-
-def describe_error(exc: BaseException) -> str:
-    """One readable line for an error shown to a client or written to the log.
-
-    Some aiohttp errors print as the repr of a parsed message; the type's name
-    says more. Our own errors already read as sentences.
-    """
-    text = " ".join(str(exc).split())
-    if type(exc).__module__.startswith("damselfly") and text:
-        return text
-    if not text or text.startswith("<"):
-        return type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:300]

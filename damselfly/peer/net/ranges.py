@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from damselfly.errors import RequestError
+
 
 @dataclass(frozen=True)
 class ByteRange:
@@ -18,7 +20,7 @@ class ByteRange:
         return f"bytes {self.start}-{self.end}/{size}"
 
 
-class UnsatisfiableRange(ValueError):
+class UnsatisfiableRange(RequestError, ValueError):
     """A syntactically valid range that lies outside the object: answer 416."""
 
 

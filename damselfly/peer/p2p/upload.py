@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from damselfly.api import peerwire
 from damselfly.api import scheduler as api
+from damselfly.errors import describe_validation
 from damselfly.peer.net.access import Refused
 from damselfly.peer.net.ranges import UnsatisfiableRange, parse_range
 from damselfly.peer.store.piecestore import READ_CHUNK, PieceCorrupt, TaskRecord
@@ -189,7 +190,9 @@ class UploadServer:
         try:
             seed_request = api.SeedRequest.model_validate_json(await request.read())
         except ValidationError as exc:
-            raise web.HTTPBadRequest(text=f"bad seed request: {exc}\n") from None
+            raise web.HTTPBadRequest(
+                text=f"bad seed request: {describe_validation(exc)}\n"
+            ) from None
         try:
             self.on_seed(seed_request)
         except Refused as exc:

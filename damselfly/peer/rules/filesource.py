@@ -24,15 +24,15 @@ import yaml
 from pydantic import ValidationError
 
 from damselfly.api.ruleset import RuleSet
-from damselfly.config.load import describe_validation_error
 from damselfly.config.peer import PeerConfig
+from damselfly.errors import InputError, describe_validation
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.rules.match import CompiledRules, RulesHolder
 
 log = logging.getLogger(__name__)
 
 
-class RulesRejected(ValueError):
+class RulesRejected(InputError):
     """A rules version that cannot be used; the message says why."""
 
 
@@ -66,7 +66,7 @@ def parse_rules(text: str, source: str) -> RuleSet:
     except yaml.YAMLError as exc:
         raise RulesRejected(f"{source}: not valid YAML: {exc}") from exc
     except ValidationError as exc:
-        raise RulesRejected(describe_validation_error(exc, source)) from exc
+        raise RulesRejected(describe_validation(exc, source)) from exc
 
 
 @dataclass

@@ -27,6 +27,7 @@ from damselfly.api.report import FIELD_MANAGER, lease_body, lease_name
 from damselfly.api.rules import RenderedRules, ruleset_from_objects
 from damselfly.api.v1alpha1 import API_VERSION
 from damselfly.config.peer import RulesApiSection
+from damselfly.errors import ServiceError
 from damselfly.kube import ApiError, Kube, load_credentials, resource_path
 from damselfly.peer.rules.filesource import RulesRejected, RulesSource
 
@@ -38,7 +39,7 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 # --- pure parts ---------------------------------------------------------------------
 
 
-class Resync(Exception):
+class Resync(ServiceError):
     """The watch cannot go on from its resourceVersion: list everything again."""
 
 

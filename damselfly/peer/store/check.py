@@ -16,13 +16,15 @@ import os
 import stat
 from pathlib import Path
 
+from damselfly.errors import StoreError
+
 # Files the peer keeps in the cache directory (the store's SQLite database and its
 # journal, the effective rules it renders) and must be able to rewrite.
 STATE_FILES = ("store.db", "store.db-wal", "store.db-shm", "effective.yaml", "effective.tmp")
 _PROBE = ".damselfly-write-check"
 
 
-class StoreUnusable(RuntimeError):
+class StoreUnusable(StoreError):
     """The cache directory cannot be used; the message is one line saying what to fix."""
 
 

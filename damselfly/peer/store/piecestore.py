@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from damselfly.errors import StoreError
 from damselfly.peer.store.check import StoreUnusable, identity
 from damselfly.peer.store.digest import PieceHasher
 from damselfly.peer.store.pieces import Piece, piece_at, piece_count
@@ -48,11 +49,11 @@ CREATE TABLE IF NOT EXISTS pieces (
 """
 
 
-class PieceCorrupt(RuntimeError):
+class PieceCorrupt(StoreError):
     """A stored piece no longer matches its digest; the task has been dropped."""
 
 
-class StoreFull(RuntimeError):
+class StoreFull(StoreError):
     """An object cannot fit in the store's quota, even after evicting."""
 
 

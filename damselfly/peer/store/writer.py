@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterable, Awaitable
 from typing import TYPE_CHECKING
 
+from damselfly.errors import TransferError
 from damselfly.peer.store.digest import PieceHasher
 from damselfly.peer.store.pieces import Piece
 
@@ -23,11 +24,11 @@ if TYPE_CHECKING:
 WRITE_BUFFER = 1 << 20
 
 
-class PieceLengthWrong(RuntimeError):
+class PieceLengthWrong(TransferError):
     """A source sent more bytes than the piece holds, or its body ended early."""
 
 
-class PieceMismatch(RuntimeError):
+class PieceMismatch(TransferError):
     """A piece's bytes do not hash to the digest it had to match."""
 
     def __init__(self, piece: Piece, digest: str, expected: str) -> None:

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from damselfly.errors import TransferError
 from damselfly.peer.net.httputil import describe_error
 from damselfly.peer.rules.taskid import TaskKey
 from damselfly.peer.store.piecestore import PieceStore, TaskRecord
 
 
-class DownloadFailed(RuntimeError):
+class DownloadFailed(TransferError):
     """The download cannot finish; clients still reading must be cut off."""
 
 

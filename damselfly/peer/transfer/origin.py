@@ -14,6 +14,7 @@ import aiohttp
 import yarl
 from multidict import CIMultiDict
 
+from damselfly.errors import TransferError
 from damselfly.peer.net.httputil import HOP_BY_HOP, connection_tokens
 
 # Response headers worth storing and replaying on hits.
@@ -33,7 +34,7 @@ _NOT_FORWARDED = frozenset(
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
-class OriginError(RuntimeError):
+class OriginError(TransferError):
     """The origin misbehaved during a piece fetch (wrong status, range, length)."""
 
 

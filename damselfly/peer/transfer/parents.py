@@ -16,14 +16,15 @@ import aiohttp
 
 from damselfly.api import peerwire
 from damselfly.api import scheduler as api
+from damselfly.errors import TransferError
 from damselfly.peer.store.pieces import Piece
 
 
-class ParentBusy(Exception):
+class ParentBusy(TransferError):
     """The parent has no upload slot free right now: not a failure, ask again later."""
 
 
-class ParentError(Exception):
+class ParentError(TransferError):
     """A parent failed to deliver a piece; ``reason`` is as the scheduler expects."""
 
     def __init__(self, host_id: str, reason: api.ParentFailureReason, message: str) -> None:
