@@ -259,12 +259,18 @@ async def test_a_cancelled_download_resumes_with_what_it_stored(rig: Rig) -> Non
     assert not fetched & stored, "pieces stored before the cancel are not fetched again"
 
 
-async def test_a_resumed_piece_whose_bytes_rotted_is_fetched_again(rig: Rig) -> None:
+async def stopped_halfway(rig: Rig) -> tuple[Cache, Download]:
+    """A download cancelled (as at peer shutdown) once its first two pieces are stored."""
     rig.origin.slow = 0.05
     cache = rig.cache(origin_workers=1)
     download = rig.start(cache)
     await download.wait_piece(1)
     await download.cancel()
+    return cache, download
+
+
+async def test_a_resumed_piece_whose_bytes_rotted_is_fetched_again(rig: Rig) -> None:
+    _, download = await stopped_halfway(rig)
     with rig.store.data_path(download.key.task_id).open("r+b") as handle:
         handle.seek(10)
         handle.write(b"rot")
@@ -276,11 +282,7 @@ async def test_a_resumed_piece_whose_bytes_rotted_is_fetched_again(rig: Rig) -> 
 
 
 async def test_a_changed_object_is_not_resumed(rig: Rig) -> None:
-    rig.origin.slow = 0.05
-    cache = rig.cache(origin_workers=1)
-    download = rig.start(cache)
-    await download.wait_piece(1)
-    await download.cancel()
+    cache, download = await stopped_halfway(rig)
     rig.origin.data, rig.origin.etag = pattern(len(rig.origin.data), seed=9), '"v2"'
     again, _ = cache.download(download.key, rig.origin.url, CIMultiDict())
     assert await read_all(again) == rig.origin.data

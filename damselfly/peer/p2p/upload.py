@@ -96,7 +96,8 @@ class UploadServer:
         try:
             while download is not None and not complete:
                 try:
-                    await asyncio.wait_for(download.wait_progress(len(sent)), HEARTBEAT)
+                    async with asyncio.timeout(HEARTBEAT):  # not wait_for: see Swarm.wait_news
+                        await download.wait_progress(len(sent))
                 except TimeoutError:
                     # Still downloading, just slowly (a slow origin, large pieces): say
                     # so, or children would take the silence for a stall and all go

@@ -171,9 +171,12 @@ class Swarm:
         return [host for host, link in self.links.items() if link.blocked or link.dead]
 
     async def wait_news(self, seconds: float) -> None:
-        async with self._news:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._news.wait(), seconds)
+        # asyncio.timeout, not wait_for: wait_for runs Condition.wait in a task of its
+        # own, and a second cancel (a download stopped while it waits) can leave that
+        # task holding the lock for good, hanging every later waiter (Python 3.11).
+        with contextlib.suppress(TimeoutError):
+            async with self._news, asyncio.timeout(seconds):
+                await self._news.wait()
 
     async def _announce_news(self) -> None:
         self.last_news = time.monotonic()
