@@ -105,17 +105,8 @@ def _current(obj: dict[str, Any]) -> bool:
     return int(obj.get("status", {}).get("observedGeneration", -1)) >= int(generation)
 
 
-def deployment_counts(obj: dict[str, Any]) -> Counts:
-    status = obj.get("status", {})
-    return Counts(
-        desired=int(obj.get("spec", {}).get("replicas", 1)),
-        ready=int(status.get("readyReplicas", 0)),
-        updated=int(status.get("updatedReplicas", 0)),
-        current=_current(obj),
-    )
-
-
-def statefulset_counts(obj: dict[str, Any]) -> Counts:
+def replica_counts(obj: dict[str, Any]) -> Counts:
+    """A Deployment's or a StatefulSet's counts: both report replicas alike."""
     status = obj.get("status", {})
     return Counts(
         desired=int(obj.get("spec", {}).get("replicas", 1)),
@@ -169,8 +160,8 @@ class Observed:
 
 
 COUNTS: dict[str, Callable[[dict[str, Any]], Counts]] = {
-    "Deployment": deployment_counts,
-    "StatefulSet": statefulset_counts,
+    "Deployment": replica_counts,
+    "StatefulSet": replica_counts,
     "DaemonSet": daemonset_counts,
 }
 
@@ -202,8 +193,8 @@ def cluster_conditions(observed: Observed) -> tuple[list[Cond], dict[str, Any]]:
         ]
         return stalled, fields
     parts = [
-        (SCHEDULER_AVAILABLE, "scheduler", "scheduler", observed.scheduler, deployment_counts),
-        (SEED_PEERS_AVAILABLE, "seed peers", "seedPeers", observed.seed_peers, statefulset_counts),
+        (SCHEDULER_AVAILABLE, "scheduler", "scheduler", observed.scheduler, replica_counts),
+        (SEED_PEERS_AVAILABLE, "seed peers", "seedPeers", observed.seed_peers, replica_counts),
         (PEERS_AVAILABLE, "peers", "peers", observed.peers, daemonset_counts),
     ]
     components = {"scheduler": "scheduler", "seedPeers": "seed-peer", "peers": "peer"}
