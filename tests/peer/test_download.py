@@ -234,6 +234,27 @@ async def test_pieces_from_parents_and_the_origin_are_one_version(rig: Rig) -> N
     assert rig.scheduler.results[0] is not None
 
 
+async def test_an_object_changing_at_the_origin_mid_download_fails_it(rig: Rig) -> None:
+    """The first producer has no swarm digests to compare with: the origin's ETag,
+    sent as If-Match and compared on every answer, is what keeps versions apart."""
+    rig.origin.slow = 0.05
+    old = rig.origin.data
+    download = rig.start(rig.cache(origin_workers=1))
+    await download.wait_piece(1)
+    rig.origin.data, rig.origin.etag = pattern(len(old), seed=7), '"v2"'
+    with pytest.raises(DownloadFailed, match="changed at the origin"):
+        await read_all(download)
+    assert rig.origin.if_match == {'"v1"'}, "every ranged GET named the version it wanted"
+    record = download.record
+    assert record is not None
+    path = rig.store.data_path(record.task_id)
+    with path.open("rb") as handle:
+        for number in sorted(download.done):
+            piece = record.piece(number)
+            handle.seek(piece.offset)
+            assert handle.read(piece.length) == old[piece.offset : piece.end], number
+
+
 async def test_a_cancelled_download_resumes_with_what_it_stored(rig: Rig) -> None:
     rig.origin.slow = 0.05
     cache = rig.cache(origin_workers=1)

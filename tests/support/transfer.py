@@ -39,6 +39,7 @@ class Origin:
         self.fail_next: dict[int, int] = {}  # range start -> 500s still to give
         self.ranges: list[tuple[int, int]] = []
         self.whole_bodies = 0
+        self.if_match: set[str] = set()  # the If-Match values asked with (never honoured)
         self.slow: float = 0.0  # seconds to wait before each ranged body
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -61,6 +62,8 @@ class Origin:
         headers = {"ETag": self.etag, "Content-Type": "application/octet-stream"}
         if self.cache_control:
             headers["Cache-Control"] = self.cache_control
+        if "If-Match" in request.headers:
+            self.if_match.add(request.headers["If-Match"])
         match = _RANGE.match(request.headers.get("Range", ""))
         if match is None or self.ignore_range:
             self.whole_bodies += 1

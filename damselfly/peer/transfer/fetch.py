@@ -237,6 +237,7 @@ class Fetch:
             )
         if record.sha256 is not None:
             self._object_hash = ObjectHasher(self.store, record)
+        self.origin.validator = origin.Validator.of(record.headers)
         self.download.began(record)
         return record
 
@@ -275,6 +276,11 @@ class Fetch:
                     pass  # the parent backs off by itself; another holder or piece next
                 except ParentError as exc:
                     self._parent_failed(swarm, exc)
+                except origin.ObjectChanged as exc:
+                    raise DownloadFailed(
+                        f"piece {number}: the object changed at the origin during the "
+                        f"download ({exc})"
+                    ) from exc
                 except (aiohttp.ClientError, OSError, TimeoutError, origin.OriginError) as exc:
                     failures[number] = failures.get(number, 0) + 1
                     if failures[number] >= self.transfer.piece_attempts:

@@ -8,6 +8,7 @@ encoding, so the bytes we cache are the object itself and never a gzip of it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,6 +41,50 @@ class OriginError(TransferError):
 
 class RangeIgnored(OriginError):
     """The origin answered a range request with the whole object (200)."""
+
+
+class ObjectChanged(OriginError):
+    """The origin now serves another version of the object than the download began with."""
+
+
+def _opaque(etag: str) -> str:
+    return etag.removeprefix("W/")
+
+
+@dataclass(frozen=True)
+class Validator:
+    """What tells one version of an object at its origin from the next (RFC 9110 §8.8).
+
+    Every ranged GET of a download carries it (``If-Match`` for a strong ETag,
+    else ``If-Unmodified-Since``), and every answer is compared with it, so a
+    download never stitches pieces of two versions together, also where no
+    other copy's digests exist yet to compare with (the first producer).
+    """
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> Validator:
+        return cls(headers.get("ETag") or None, headers.get("Last-Modified") or None)
+
+    def request_headers(self) -> list[tuple[str, str]]:
+        if self.etag is not None and not self.etag.startswith("W/"):
+            return [("If-Match", self.etag)]
+        if self.last_modified is not None:
+            return [("If-Unmodified-Since", self.last_modified)]
+        return []
+
+    def changed(self, etag: str | None, last_modified: str | None) -> bool:
+        """Whether an answer carrying these says it is another version."""
+        if self.etag is not None and etag is not None:
+            return _opaque(etag) != _opaque(self.etag)
+        if self.last_modified is not None and last_modified is not None:
+            return last_modified != self.last_modified
+        return False
+
+
+ANY_VERSION = Validator()  # before the first answer: nothing to compare with
 
 
 @dataclass

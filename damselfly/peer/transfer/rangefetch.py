@@ -30,7 +30,14 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict
 
 from damselfly.peer.net.access import is_link_local
-from damselfly.peer.transfer.origin import OriginError, RangeIgnored, parse_content_range
+from damselfly.peer.transfer.origin import (
+    ANY_VERSION,
+    ObjectChanged,
+    OriginError,
+    RangeIgnored,
+    Validator,
+    parse_content_range,
+)
 
 BUFFER = 256 << 10  # received, hashed and written while still in the CPU's cache
 MAX_IDLE_PER_ORIGIN = 16
@@ -130,8 +137,10 @@ class RangeFetcher:
         end: int,
         size: int,
         sink: Sink,
+        validator: Validator = ANY_VERSION,
     ) -> None:
-        """GET bytes [start, end] of ``url`` (of ``size`` in all), each chunk to ``sink``.
+        """GET bytes [start, end] of ``url`` (of ``size`` in all), each chunk to ``sink``;
+        ObjectChanged if the origin now has another version than ``validator`` names.
 
         ``sink`` runs on the worker thread. On cancellation the request is cut
         and this returns only once the thread has stopped calling ``sink``, so
@@ -140,7 +149,7 @@ class RangeFetcher:
         request = _Request()
         loop = asyncio.get_running_loop()
         work = loop.run_in_executor(
-            self._executor, self._fetch, request, url, headers, start, end, size, sink
+            self._executor, self._fetch, request, url, headers, start, end, size, sink, validator
         )
         try:
             await asyncio.shield(work)
@@ -168,6 +177,7 @@ class RangeFetcher:
         end: int,
         size: int,
         sink: Sink,
+        validator: Validator,
     ) -> None:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
@@ -177,6 +187,7 @@ class RangeFetcher:
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         wanted = [(name, value) for name, value in headers.items()]
         wanted.append(("Range", f"bytes={start}-{end}"))
+        wanted += validator.request_headers()
         # A reused connection the origin has meanwhile closed fails before any
         # answer: that one retry on a new connection is not the origin's fault.
         for reused in (True, False):
@@ -202,7 +213,7 @@ class RangeFetcher:
                 connection.close()
                 raise
             try:
-                self._receive(response, start, end, size, sink)
+                self._receive(response, start, end, size, sink, validator)
             except BaseException:
                 connection.close()
                 raise
@@ -224,8 +235,21 @@ class RangeFetcher:
 
     @staticmethod
     def _receive(
-        response: http.client.HTTPResponse, start: int, end: int, size: int, sink: Sink
+        response: http.client.HTTPResponse,
+        start: int,
+        end: int,
+        size: int,
+        sink: Sink,
+        validator: Validator,
     ) -> None:
+        if response.status == 412 or validator.changed(
+            response.getheader("ETag"), response.getheader("Last-Modified")
+        ):
+            raise ObjectChanged(
+                f"origin answered {response.status} with ETag {response.getheader('ETag')!r}, "
+                f"Last-Modified {response.getheader('Last-Modified')!r} for a download of "
+                f"ETag {validator.etag!r}, Last-Modified {validator.last_modified!r}"
+            )
         whole = start == 0 and end == size - 1 and response.length == size
         if response.status == 200 and not whole:
             raise RangeIgnored("origin answered 200 to a range request: it ignores Range")

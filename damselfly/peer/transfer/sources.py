@@ -52,6 +52,8 @@ class OriginSource:
         self.fetcher = fetcher
         self.url = url
         self.headers = origin.forwardable_request_headers(headers)
+        # The version being downloaded, once known: every piece must be of it.
+        self.validator = origin.ANY_VERSION
 
     async def stat(self) -> origin.StatResult:
         """The first byte (see origin.stat); the caller releases the response."""
@@ -61,7 +63,13 @@ class OriginSource:
         """One ranged GET, received, hashed and written on a worker thread."""
         try:
             await self.fetcher.fetch(
-                self.url, self.headers, piece.offset, piece.end - 1, size, writer.write
+                self.url,
+                self.headers,
+                piece.offset,
+                piece.end - 1,
+                size,
+                writer.write,
+                self.validator,
             )
             return writer.finish()
         except PieceLengthWrong as exc:
