@@ -97,7 +97,12 @@ class Peer:
             scheduler, host_id = self.scheduler, self.host_id
             p2p = P2P(
                 sessions=lambda task_id: Scheduled(scheduler, task_id, host_id),
-                parents=HttpParents(self.session, config.scheduler.piece_timeout),
+                parents=HttpParents(
+                    self.session,
+                    config.scheduler.piece_timeout,
+                    config.proxy.allow_link_local,
+                    refused=lambda _host: self.metrics.parents_refused.inc(),
+                ),
                 stall_timeout=config.scheduler.stall_timeout,
             )
         self.cache = Cache(

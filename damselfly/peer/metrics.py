@@ -93,6 +93,12 @@ class PeerMetrics:
             registry=r,
         )
 
+        self.parents_refused = Counter(
+            "damselfly_peer_parents_refused",
+            "Parent addresses from the scheduler that the egress guard refused to dial",
+            registry=r,
+        )
+
     def set_rules(self, digest: str, count: int) -> None:
         self.rules_info.clear()
         self.rules_info.labels(hash=digest).set(1)

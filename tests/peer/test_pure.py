@@ -243,3 +243,27 @@ def test_metadata_addresses_count_as_link_local() -> None:
         assert is_link_local(address), address
     for address in ("10.0.0.1", "fd00:ec2::253", "127.0.0.1", "example.com"):
         assert not is_link_local(address), address
+
+
+def test_parent_addresses_pass_the_egress_guard_only_when_they_are_one_peer() -> None:
+    from damselfly.peer.net.access import parent_refusal
+
+    for address in ("10.244.1.7", "127.0.0.1", "192.168.3.4", "fd12::7", "::1"):
+        assert parent_refusal(address, allow_link_local=False) is None, address
+    refused = {
+        "169.254.169.254": "link-local",
+        "::ffff:169.254.169.254": "link-local",
+        "fe80::1%eth0": "link-local",
+        "fd00:ec2::254": "link-local",
+        "0.0.0.0": "not the address of one host",
+        "::": "not the address of one host",
+        "224.0.0.251": "not the address of one host",
+        "255.255.255.255": "not the address of one host",
+        "metadata.google.internal": "not an IP address",
+        "": "not an IP address",
+    }
+    for address, why in refused.items():
+        refusal = parent_refusal(address, allow_link_local=False)
+        assert refusal is not None, address
+        assert why in refusal, (address, refusal)
+    assert parent_refusal("169.254.169.254", allow_link_local=True) is None

@@ -83,6 +83,25 @@ def check_upstream(url: str, allow_link_local: bool) -> None:
         raise Refused(403, "link_local", f"{host} is a link-local address, refused")
 
 
+def parent_refusal(address: str, allow_link_local: bool) -> str | None:
+    """Why a parent address from the scheduler must not be dialled, or None.
+
+    Parents are the scheduler's word, and a wrong or compromised scheduler must
+    not make every peer fetch from wherever it likes: the same guard as for a
+    client's target (link-local and cloud metadata refused), and nothing that is
+    not one host's IP address (a name would be resolved outside the guard; an
+    unspecified, multicast or broadcast address is no peer).
+    """
+    ip = parse_ip(address)
+    if ip is None:
+        return f"{address!r} is not an IP address"
+    if not allow_link_local and any(ip in network for network in _LINK_LOCAL):
+        return f"{address} is a link-local address"
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return f"{address} is not the address of one host"
+    return None
+
+
 class GuardedResolver(AbstractResolver):
     """Resolves like aiohttp does, minus link-local addresses (cloud metadata).
 

@@ -2,14 +2,14 @@
 
 A parent's upload server offers two things (see p2p/upload.py): the task's
 piece stream (NDJSON lines of ``damselfly.api.peerwire``: geometry, the pieces
-held, a line per new piece)
-and one piece's bytes by Range. ``HttpParents`` asks for them over HTTP;
+held, a line per new piece) and one piece's bytes by Range. ``HttpParents`` asks for them over HTTP;
 tests put an in-memory swarm behind the same interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import aiohttp
@@ -17,7 +17,10 @@ import aiohttp
 from damselfly.api import peerwire
 from damselfly.api import scheduler as api
 from damselfly.errors import TransferError
+from damselfly.peer.net.access import parent_refusal
 from damselfly.peer.store.pieces import Piece
+
+log = logging.getLogger(__name__)
 
 
 class ParentBusy(TransferError):
@@ -42,17 +45,45 @@ class ParentTransport(Protocol):
 
 
 def base_url(parent: api.Parent) -> str:
-    return f"http://{parent.ip}:{parent.upload_port}"
+    host = f"[{parent.ip}]" if ":" in parent.ip else parent.ip  # IPv6 in brackets
+    return f"http://{host}:{parent.upload_port}"
 
 
 class HttpParents:
-    """Parents' upload servers over HTTP (``piece_timeout`` bounds one piece)."""
+    """Parents' upload servers over HTTP (``piece_timeout`` bounds one piece).
 
-    def __init__(self, session: aiohttp.ClientSession, piece_timeout: float) -> None:
+    Every address is checked by the egress guard before it is dialled
+    (``net.access.parent_refusal``); ``refused`` hears of each refusal (a metric).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        piece_timeout: float,
+        allow_link_local: bool = False,
+        refused: Callable[[str], None] | None = None,
+    ) -> None:
         self.session = session
         self.piece_timeout = piece_timeout
+        self.allow_link_local = allow_link_local
+        self.refused = refused
+
+    def _guard(self, parent: api.Parent) -> None:
+        why = parent_refusal(parent.ip, self.allow_link_local)
+        if why is None:
+            return
+        log.warning(
+            "parent refused by the egress guard",
+            extra={"parent": parent.host_id, "ip": parent.ip, "why": why},
+        )
+        if self.refused is not None:
+            self.refused(parent.host_id)
+        raise ParentError(
+            parent.host_id, "unreachable", f"parent {parent.host_id} refused, not dialled: {why}"
+        )
 
     async def piece_stream(self, parent: api.Parent, task_id: str) -> AsyncIterator[bytes]:
+        self._guard(parent)
         url = base_url(parent) + peerwire.piece_stream_path(task_id)
         async with self.session.get(
             url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
@@ -63,6 +94,7 @@ class HttpParents:
                 yield line
 
     async def piece(self, parent: api.Parent, task_id: str, piece: Piece) -> AsyncIterator[bytes]:
+        self._guard(parent)
         host = parent.host_id
         try:
             response = await self.session.get(
