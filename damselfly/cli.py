@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="scheduler host:port for the ephemeral peer (repeatable)",
     )
+    p.add_argument(
+        "--keep-partial",
+        action="store_true",
+        help="when the download breaks off, keep FILE.part so the next run resumes it "
+        "(an interrupted run always keeps it)",
+    )
 
     p = sub.add_parser("local", help="run scheduler, seed and peers on localhost (no Kubernetes)")
     local = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)

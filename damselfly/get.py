@@ -6,7 +6,8 @@ process whose store persists in ~/.cache/damselfly/get. The peer runtime is
 handed in by the command line (``EphemeralProxy``), so this module depends on
 the config format only, not on ``damselfly.peer``. The file appears under
 its name only when the download completed (and matched ``--digest``): a
-failed download leaves nothing that looks finished.
+failed download leaves nothing that looks finished. An interrupted one leaves
+``FILE.part``, which the next run continues from its length (see ``Partial``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import re
@@ -21,8 +23,9 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiohttp
 
@@ -36,6 +39,8 @@ EphemeralProxy = Callable[[PeerConfig], AbstractAsyncContextManager[str]]
 
 CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
+_UNSATISFIED = re.compile(r"^bytes \*/(\d+)$")
 
 
 class GetError(CommandError):
@@ -98,40 +103,143 @@ class Progress:
             self.stream.write("\n")
 
 
-async def fetch(url: str, output: Path, proxy: str | None, digest: str | None) -> str:
-    """Download ``url`` into ``output``; returns the cache state the peer reported."""
-    partial = output.with_name(output.name + ".part")
+@dataclass
+class Partial:
+    """``FILE.part`` and what is known of it: where an interrupted download resumes.
+
+    Beside it, ``FILE.part.json`` keeps the URL and the validator (ETag, else
+    Last-Modified) of the response it came from, so a resume asks for the rest
+    only of that same object (``If-Range``); a changed object starts again.
+    """
+
+    path: Path
+    meta: Path
+
+    @classmethod
+    def of(cls, output: Path) -> Partial:
+        return cls(
+            output.with_name(output.name + ".part"), output.with_name(output.name + ".part.json")
+        )
+
+    def resumable(self, url: str) -> tuple[int, str] | None:
+        """Bytes held and the validator to resume with, or None: start from zero."""
+        try:
+            meta = json.loads(self.meta.read_text())
+            held = self.path.stat().st_size
+        except (OSError, ValueError):
+            return None
+        validator = meta.get("validator") if isinstance(meta, dict) else None
+        if meta.get("url") != url or not isinstance(validator, str) or not validator or not held:
+            return None
+        return held, validator
+
+    def begin(self, url: str, response: aiohttp.ClientResponse) -> None:
+        etag = response.headers.get("ETag", "")
+        strong = etag if etag and not etag.startswith("W/") else ""
+        validator = strong or response.headers.get("Last-Modified", "")
+        self.meta.write_text(json.dumps({"url": url, "validator": validator}))
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
+
+    def finish(self, output: Path) -> None:
+        os.replace(self.path, output)
+        self.meta.unlink(missing_ok=True)
+
+
+def continues_at(response: aiohttp.ClientResponse, resume: tuple[int, str] | None) -> int | None:
+    """Where the reply's body goes in the file: 0 for a whole 200 (a first try, or the
+    object changed), the part's length for a 206 continuing it or a 416 saying it is
+    whole already; None for a reply to give up on."""
+    if response.status == 200:
+        return 0
+    if resume is None:
+        return None
+    held = resume[0]
+    content_range = response.headers.get("Content-Range", "")
+    pattern = {206: _CONTENT_RANGE, 416: _UNSATISFIED}.get(response.status)
+    match = pattern.match(content_range) if pattern is not None else None
+    return held if match is not None and int(match.group(1)) == held else None
+
+
+def hash_file(path: Path, hasher: Any, length: int) -> None:
+    with path.open("rb") as handle:
+        remaining = length
+        while remaining > 0:
+            chunk = handle.read(min(CHUNK, remaining))
+            if not chunk:
+                raise GetError(f"{path} shrank while it was read")
+            hasher.update(chunk)
+            remaining -= len(chunk)
+
+
+async def fetch(
+    url: str, output: Path, proxy: str | None, digest: str | None, keep_partial: bool = False
+) -> str:
+    """Download ``url`` into ``output``; returns the cache state the peer reported.
+
+    An earlier ``FILE.part`` of the same object is continued from its length; a
+    download that fails removes it unless ``keep_partial`` (an interrupted one,
+    Ctrl-C or a kill, leaves it for the next run).
+    """
+    partial = Partial.of(output)
+    resume = partial.resumable(url)
+    headers = {"Range": f"bytes={resume[0]}-", "If-Range": resume[1]} if resume else {}
     hasher = hashlib.sha256()
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=300)
     async with (
         aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
-        session.get(url, proxy=proxy, allow_redirects=True) as response,
+        session.get(url, proxy=proxy, allow_redirects=True, headers=headers) as response,
     ):
-        if response.status != 200:
+        start = continues_at(response, resume)
+        if start is None:
             text = (await response.content.read(500)).decode(errors="replace").strip()
-            raise GetError(f"{url}: the server answered {response.status}: {text}")
-        progress = Progress(sys.stderr, response.content_length)
+            if resume is None:
+                raise GetError(f"{url}: the server answered {response.status}: {text}")
+            partial.remove()  # not a continuation to trust: the next run starts afresh
+            raise GetError(
+                f"{url}: resuming {partial.path.name} got {response.status}: {text}; "
+                "the partial file was removed, run again"
+            )
+        if start:
+            hash_file(partial.path, hasher, start)
+        else:
+            partial.begin(url, response)
+        body = response.status != 416  # a 416 here: the part was whole already
+        length = response.content_length if body else 0
+        progress = Progress(sys.stderr, None if length is None else start + length)
+        progress.advance(start)
         try:
-            with partial.open("wb") as handle:
-                async for chunk in response.content.iter_chunked(CHUNK):
+            with partial.path.open("r+b" if start else "wb") as handle:
+                handle.truncate(start)
+                handle.seek(start)
+                while body and (chunk := await response.content.read(CHUNK)):
                     handle.write(chunk)
                     hasher.update(chunk)
                     progress.advance(len(chunk))
         except (aiohttp.ClientError, OSError) as exc:
-            partial.unlink(missing_ok=True)
-            raise GetError(f"{url}: download broke off: {exc!r}") from exc
+            if not keep_partial:
+                partial.remove()
+            kept = f"; {partial.path.name} kept, the next run resumes it" if keep_partial else ""
+            raise GetError(f"{url}: download broke off: {exc!r}{kept}") from exc
         finally:
             progress.finish()
         state = response.headers.get("X-Damselfly-Cache", "not cached")
     if digest is not None and hasher.hexdigest() != digest:
-        partial.unlink(missing_ok=True)
+        partial.remove()
         raise GetError(f"{url}: sha256 is {hasher.hexdigest()}, expected {digest}; file removed")
-    os.replace(partial, output)
-    return state
+    partial.finish(output)
+    return f"{state}, resumed at byte {start}" if start else state
 
 
 async def fetch_with_ephemeral_peer(
-    url: str, output: Path, digest: str | None, schedulers: list[str], ephemeral: EphemeralProxy
+    url: str,
+    output: Path,
+    digest: str | None,
+    schedulers: list[str],
+    ephemeral: EphemeralProxy,
+    keep_partial: bool = False,
 ) -> str:
     """No peer running: start one here, with a rule for exactly this URL."""
     without_query = url.split("?", 1)[0]
@@ -147,7 +255,7 @@ async def fetch_with_ephemeral_peer(
         }
     )
     async with ephemeral(config) as proxy:
-        return await fetch(url, output, proxy, digest)
+        return await fetch(url, output, proxy, digest, keep_partial)
 
 
 def run(args: argparse.Namespace, ephemeral: EphemeralProxy | None = None) -> int:
@@ -158,12 +266,14 @@ def run(args: argparse.Namespace, ephemeral: EphemeralProxy | None = None) -> in
         digest = parse_digest(args.digest)
         proxy = args.proxy or os.environ.get("DAMSELFLY_PROXY") or local_cluster_proxy()
         if proxy:
-            state = asyncio.run(fetch(args.url, output, proxy, digest))
+            state = asyncio.run(fetch(args.url, output, proxy, digest, args.keep_partial))
         elif ephemeral is None:
             raise GetError("no peer's proxy given and no peer to start in this process")
         else:
             state = asyncio.run(
-                fetch_with_ephemeral_peer(args.url, output, digest, args.scheduler or [], ephemeral)
+                fetch_with_ephemeral_peer(
+                    args.url, output, digest, args.scheduler or [], ephemeral, args.keep_partial
+                )
             )
     except GetError as exc:
         print(f"damselfly get: {exc}", file=sys.stderr)
