@@ -36,7 +36,8 @@ this drawing against the classes)::
     ├── TransferError                    errors.py: moving an object's bytes went wrong
     │   ├── OriginError                  peer/transfer/origin.py: the origin misbehaved on a
     │   │   │                            piece (status, range, length)
-    │   │   └── RangeIgnored             it answered a range request with the whole object
+    │   │   ├── RangeIgnored             it answered a range request with the whole object
+    │   │   └── ObjectChanged            it now serves another version than the download's
     │   ├── ParentBusy                   peer/transfer/parents.py: a parent has no upload slot
     │   │                                now; not a failure, ask again later
     │   ├── ParentError                  peer/transfer/parents.py: a parent failed a piece;
@@ -48,7 +49,9 @@ this drawing against the classes)::
     │   ├── PieceMismatch                peer/store/writer.py: a piece's bytes miss the digest
     │   │                                they had to match
     │   └── DownloadFailed               peer/transfer/download.py: the download cannot finish;
-    │                                    clients still reading are cut off
+    │       │                            clients still reading are cut off
+    │       └── ObjectChangedUnderDownload  the origin's object changed: what was stored
+    │                                    is dropped, the scheduler told
     └── CommandError                     errors.py: a CLI command stops; it prints the message
         ├── GetError                     get.py: ``damselfly get`` could not fetch the file
         ├── LocalError                   local.py: ``damselfly local`` cannot do what was asked

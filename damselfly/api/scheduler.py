@@ -173,6 +173,9 @@ class TaskResult(Model):
     size: int | None = None
     piece_length: int | None = None
     error: str | None = None
+    # Failed because the object changed at its origin: what the swarm recorded of
+    # the task (digests, partial holders) is of an older version.
+    changed: bool = False
 
 
 ParentFailureReason = Literal["unreachable", "corrupt", "slow"]

@@ -495,10 +495,21 @@ class Resources:
             task.piece_length = req.piece_length
         if req.success:
             self._mark_complete(task, peer)
+        elif req.changed:
+            self.new_generation(task)
         else:
             peer.failed = True
             peer.complete = False
             task.set_parents(peer, frozenset())
+
+    def new_generation(self, task: Task) -> None:
+        """The object changed at its origin: forget the task whole (its digests, every
+        holder), so no later download is told to match, or fetch, the old version's
+        pieces. Holders of a complete old copy come back with their next full announce
+        (a digest conflict then blocks them as parents for the new version's children)."""
+        for host_id in list(task.peers):
+            self._drop_peer(task, host_id)
+        self.tasks.pop(task.task_id, None)
 
     def parent_failed(self, req: ParentFailed) -> None:
         """Lower the parent's record; the child does not get it again for this task."""

@@ -355,3 +355,54 @@ def test_a_slow_but_alive_seed_is_waited_for_not_bypassed(
     assert sha256(tmp_path / "slow.bin") == sha256(origin.directory / "files" / "slow.bin")
     assert child.metric("damselfly_peer_downloaded_bytes_total", source="origin") == 0
     assert origin_bytes(origin, "files/slow.bin") <= 8 * MiB + 16
+
+
+def test_an_object_changed_mid_download_is_never_served_mixed(
+    processes,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    origin: Origin,
+    scheduler: SchedulerHandle,
+) -> None:
+    """The origin's object is replaced while a seed and three peers download it. Each
+    client gets one version whole, or a download cut short of its length (never
+    passed off as complete), and a prefix of the old bytes only; the next round
+    has no download failing on the old version's leftovers."""
+    swarm_peer(processes, tmp_path, "seed-0", [scheduler.address], seed=True)
+    peers = [swarm_peer(processes, tmp_path, f"peer-{i}", [scheduler.address]) for i in range(3)]
+    wait_for_hosts(scheduler, 4)
+    size = 64 * MiB  # sixteen pieces: the seed's ranged GETs go out in four rounds
+    path = origin.directory / "files" / "changing.bin"
+    old, new = os.urandom(size), os.urandom(size)
+    path.write_bytes(old)
+    url = origin.url("files/changing.bin", rate=8 * MiB)  # a round every half second
+    outs = [tmp_path / f"{p.proc.name}.bin" for p in peers]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(fetch, p, url, out) for p, out in zip(peers, outs, strict=True)]
+        wait_until(
+            lambda: any(out.exists() and out.stat().st_size >= 2 * MiB for out in outs),
+            30,
+            "the first bytes reached a client",
+        )
+        replacement = path.with_name("changing.bin.new")
+        replacement.write_bytes(new)
+        os.replace(replacement, path)  # a new file: new mtime, new ETag
+        codes = [future.result() for future in running]
+    for code, out in zip(codes, outs, strict=True):
+        got = out.read_bytes() if out.exists() else b""
+        if code == 0:
+            assert got in (old, new), "a download said complete holds one version whole"
+        else:
+            # 18: closed short of its length; 56: reset. Either way curl says it failed.
+            assert code in (18, 56), f"curl {code}: a cut download must show as failed"
+            assert old.startswith(got) or new.startswith(got), "a cut one: a prefix of one"
+    assert any(code != 0 for code in codes), "the change was meant to land mid-download"
+
+    # The next round: nobody is left failing on the old version's leftovers. A peer
+    # that failed fetches the new version whole; one that completed the old serves
+    # its copy (freshness is another matter: HTTP caching, #14).
+    again = [tmp_path / f"{p.proc.name}-again.bin" for p in peers]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        codes_again = list(pool.map(fetch, peers, [url] * 3, again))
+    assert codes_again == [0, 0, 0]
+    for code, out, out_again in zip(codes, outs, again, strict=True):
+        assert out_again.read_bytes() == (out.read_bytes() if code == 0 else new)

@@ -197,6 +197,29 @@ def test_bad_parent_is_excluded(res: Resources) -> None:
     assert "slow" not in register(res, "child")
 
 
+def test_an_object_that_changed_starts_a_new_generation(res: Resources) -> None:
+    for h in ("a", "b", "c"):
+        announce(res, h)
+    pieces(res, "a", range(3))
+    pieces(res, "b", range(2), parent="a")
+    res.report_result(TaskResult(task_id="t", host_id="a", success=True))
+    res.report_result(
+        TaskResult(task_id="t", host_id="b", success=False, error="changed", changed=True)
+    )
+    decision = res.register(RegisterTask(task_id="t", host_id="c", url="http://o/x"))
+    assert decision.schedule.parents == [], "no holder of the old version is handed out"
+    assert decision.schedule.piece_digests == {}, "nor its digests to match"
+    outcome = res.report_pieces(
+        PieceReports(
+            task_id="t",
+            host_id="c",
+            pieces=[PieceReport(number=n, digest=f"new{n}", length=100) for n in range(3)],
+        )
+    )
+    assert outcome.conflicts == 0, "the new version's pieces are not taken for conflicts"
+    assert res.tasks["t"].piece_digests == {0: "new0", 1: "new1", 2: "new2"}
+
+
 def test_first_digest_wins(res: Resources) -> None:
     announce(res, "a")
     announce(res, "b")

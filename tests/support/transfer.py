@@ -160,6 +160,7 @@ class FakeSession:
     pieces: list[tuple[int, str | None]] = field(default_factory=list)  # number, parent
     failed_parents: list[tuple[str, str]] = field(default_factory=list)
     results: list[str | None] = field(default_factory=list)  # error, None for success
+    changed: list[bool] = field(default_factory=list)  # failed as "the object changed"
     reschedules: int = 0
 
     async def register(
@@ -180,5 +181,8 @@ class FakeSession:
     def piece_done(self, piece: Piece, digest: str, seconds: float, parent: str | None) -> None:
         self.pieces.append((piece.number, parent))
 
-    def finished(self, size: int | None, piece_length: int | None, error: str | None) -> None:
+    def finished(
+        self, size: int | None, piece_length: int | None, error: str | None, changed: bool
+    ) -> None:
         self.results.append(error)
+        self.changed.append(changed)

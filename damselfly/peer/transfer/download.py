@@ -30,6 +30,11 @@ class DownloadFailed(TransferError):
     """The download cannot finish; clients still reading must be cut off."""
 
 
+class ObjectChangedUnderDownload(DownloadFailed):
+    """The origin now serves another version than the pieces stored so far: those are
+    dropped, and the scheduler told, so that no later download mixes them in."""
+
+
 @dataclass
 class OriginAnswer:
     """A non-2xx origin answer, handed to the client as it came; nothing is cached."""

@@ -29,7 +29,13 @@ from damselfly.peer.store.pieces import piece_length
 from damselfly.peer.store.piecestore import PieceStore, StoreFull, TaskRecord
 from damselfly.peer.store.writer import PieceLengthWrong, PieceMismatch
 from damselfly.peer.transfer import origin
-from damselfly.peer.transfer.download import Download, DownloadFailed, OriginAnswer, PassThrough
+from damselfly.peer.transfer.download import (
+    Download,
+    DownloadFailed,
+    ObjectChangedUnderDownload,
+    OriginAnswer,
+    PassThrough,
+)
 from damselfly.peer.transfer.parents import ParentBusy, ParentError, ParentTransport
 from damselfly.peer.transfer.session import SchedulerSession
 from damselfly.peer.transfer.sources import OriginSource, PieceSource, body_chunks
@@ -47,6 +53,9 @@ class Keeper(Protocol):
 
     def pieces_corrupt(self, record: TaskRecord, numbers: list[int]) -> None:
         """Stored pieces failed their digest: the one reaction to that."""
+
+    def drop(self, record: TaskRecord, reason: str) -> None:
+        """Remove a task whose stored bytes must not be served or resumed."""
 
 
 @dataclass
@@ -108,6 +117,7 @@ class Fetch:
         outcome = "failed"
         record: TaskRecord | None = None
         error: str | None = None
+        changed = False
         try:
             record = await self._fetch()
             outcome = "complete" if record is not None else "answered"
@@ -119,6 +129,10 @@ class Fetch:
             self.download.failed(exc)
             error = describe_error(exc)
             log.warning("download failed", extra={"task": self.key.task_id, "error": error})
+            if isinstance(exc, ObjectChangedUnderDownload):
+                changed = True
+                if self.download.record is not None:
+                    self.keeper.drop(self.download.record, "changed")
         finally:
             if self._object_hash is not None:
                 self._object_hash.close()
@@ -129,7 +143,10 @@ class Fetch:
             error = f"origin answered {self.download.answer.response.status}"
         record = record or self.download.record
         self.session.finished(
-            record.size if record else None, record.piece_length if record else None, error
+            record.size if record else None,
+            record.piece_length if record else None,
+            error,
+            changed,
         )
         if self.download.answer is None:
             self.metrics.task_duration.labels(outcome=outcome).observe(time.monotonic() - began)
@@ -277,7 +294,7 @@ class Fetch:
                 except ParentError as exc:
                     self._parent_failed(swarm, exc)
                 except origin.ObjectChanged as exc:
-                    raise DownloadFailed(
+                    raise ObjectChangedUnderDownload(
                         f"piece {number}: the object changed at the origin during the "
                         f"download ({exc})"
                     ) from exc
@@ -350,7 +367,7 @@ class Fetch:
             raise ParentError(
                 source.host_id, "corrupt", f"piece {exc.piece.number} from {source.host_id}: {exc}"
             ) from exc
-        raise DownloadFailed(
+        raise ObjectChangedUnderDownload(
             f"piece {exc.piece.number} from the origin has digest {exc.digest}, the swarm's "
             f"is {exc.expected}: the object changed"
         ) from exc

@@ -98,8 +98,11 @@ class SchedulerSession(Protocol):
     def piece_done(self, piece: Piece, digest: str, seconds: float, parent: str | None) -> None:
         """A piece is stored; ``parent`` None: it came from the origin."""
 
-    def finished(self, size: int | None, piece_length: int | None, error: str | None) -> None:
-        """The download ended (after the piece reports, which it follows)."""
+    def finished(
+        self, size: int | None, piece_length: int | None, error: str | None, changed: bool
+    ) -> None:
+        """The download ended (after the piece reports, which it follows); ``changed``:
+        it failed because the object changed at the origin."""
 
 
 class Unscheduled:
@@ -119,7 +122,9 @@ class Unscheduled:
     def piece_done(self, piece: Piece, digest: str, seconds: float, parent: str | None) -> None:
         pass
 
-    def finished(self, size: int | None, piece_length: int | None, error: str | None) -> None:
+    def finished(
+        self, size: int | None, piece_length: int | None, error: str | None, changed: bool
+    ) -> None:
         pass
 
 
@@ -177,7 +182,9 @@ class Scheduled:
             )
         )
 
-    def finished(self, size: int | None, piece_length: int | None, error: str | None) -> None:
+    def finished(
+        self, size: int | None, piece_length: int | None, error: str | None, changed: bool
+    ) -> None:
         result = api.TaskResult(
             task_id=self.task_id,
             host_id=self.host_id,
@@ -185,6 +192,7 @@ class Scheduled:
             size=size,
             piece_length=piece_length,
             error=error,
+            changed=changed,
         )
 
         async def send() -> None:
