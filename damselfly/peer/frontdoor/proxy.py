@@ -59,8 +59,10 @@ class Proxy:
                 await self._handle(conn, request)
                 if not conn.keep_alive():
                     break
-        except ClientGone:
-            pass
+        except ClientGone as exc:
+            # Routine (a client stopped reading, timed out, or sent what h11 rejects):
+            # a line, never a traceback.
+            log.info("client went away", extra={"client": conn.client_ip, "error": str(exc)})
         except Exception:
             log.exception("proxy request failed")
             if not conn.response_started:

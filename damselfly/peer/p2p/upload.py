@@ -171,7 +171,16 @@ class UploadServer:
                 )
                 if not data:
                     raise ConnectionResetError("data file shorter than its piece")
-                await response.write(data)
+                try:
+                    await response.write(data)
+                except ConnectionResetError as exc:
+                    # A child that hangs up mid-piece (it cancelled, timed out, or
+                    # stopped) is routine: a line, not aiohttp's error traceback.
+                    log.info(
+                        "child went away mid-piece",
+                        extra={"task": task_id, "piece": number, "error": str(exc)},
+                    )
+                    return response
                 position += len(data)
             self.cache.metrics.uploaded_bytes.inc(piece.length)
             return response
