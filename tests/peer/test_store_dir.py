@@ -165,19 +165,6 @@ def test_a_cache_path_that_is_a_file_is_one_line(world: Path) -> None:
     ]
 
 
-def test_a_damaged_store_database_is_one_line(world: Path) -> None:
-    store = world / "cache"
-    store.mkdir()
-    (store / "store.db").write_bytes(b"this is not SQLite\n" * 100)
-    code, output, _ = run_peer(world, write_config(world, store), [])
-    assert code == 2, output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    assert "Traceback" not in output
-    assert f"{store / 'store.db'} (the store's database)" in lines[0]
-    assert "not a database" in lines[0]
-
-
 def test_the_peer_user_serves_from_a_dir_made_its_own(processes, world: Path) -> None:  # type: ignore[no-untyped-def]
     """After the fix the message names (chown to 65532), the peer runs as 65532 with no
     home and a working directory it cannot write, and caches: miss, then hit."""

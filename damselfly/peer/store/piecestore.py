@@ -5,11 +5,20 @@ keeps its recorded pieces (each with its digest) so a later download can
 resume, and is never reported as complete. Pieces read back from disk are
 checked against their digest before they are served, once per process run
 (pieces this process wrote were hashed from the very bytes it wrote).
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: readers (clients, children)
+never wait for the writer, and a commit survives a crash of the process (kill -9,
+OOM); only a power cut can lose the last commits, never corrupt the database — a
+piece row lost that way is a piece fetched again, and a row whose bytes were lost
+is caught by the check on first read. A damaged database (not a database, a
+failed ``quick_check``) is moved aside at start-up and the store starts empty.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -26,6 +35,8 @@ from damselfly.peer.store.writer import PieceWriter
 
 READ_CHUNK = 1 << 20
 IOV_BATCH = 512  # well under IOV_MAX (1024 on Linux)
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -95,20 +106,30 @@ class PieceStore:
         self.quota = quota
         self.data_dir = root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)  # and root with it
-        db_path = root / "store.db"
-        try:
-            self._db = sqlite3.connect(db_path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreUnusable(
-                f"{db_path} (the store's database) cannot be used by the peer ({identity()}): "
-                f"{exc}; if it is damaged, remove it and the data directory next to it"
-            ) from None
+        self._db = self._open_database(root / "store.db")
         self._verified: set[tuple[str, float, int]] = set()  # task, created, piece
         self._remove_orphan_files()
+        self._drop_short_files()
+
+    def _open_database(self, path: Path) -> sqlite3.Connection:
+        """The store's SQLite database. A damaged one (not a database, malformed, a
+        failed quick_check: a truncated or overwritten file) is moved aside and the
+        store starts empty, saying so; a peer must not crash-loop on its cache."""
+        try:
+            return _connect(path)
+        except sqlite3.DatabaseError as exc:
+            if not _damaged(exc):
+                raise StoreUnusable(_unusable(path, exc)) from None
+            aside = _move_aside(path)
+            log.warning(
+                "the store's database is damaged; moved it aside and starting with an empty "
+                "store (the data files it described are removed)",
+                extra={"database": str(path), "moved_to": str(aside), "error": str(exc)},
+            )
+        try:
+            return _connect(path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnusable(_unusable(path, exc)) from None
 
     def close(self) -> None:
         self._db.close()
@@ -118,11 +139,36 @@ class PieceStore:
         return self.data_dir / task_id[:2] / task_id
 
     def _remove_orphan_files(self) -> None:
-        """Data files without a task row are leftovers of a crash mid-create."""
+        """Data files without a task row are leftovers of a crash mid-create (or of a
+        damaged database moved aside)."""
         known = {row[0] for row in self._db.execute("SELECT task_id FROM tasks")}
+        removed = 0
         for path in self.data_dir.glob("*/*"):
             if path.name not in known:
                 path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("removed data files no task describes", extra={"files": removed})
+
+    def _drop_short_files(self) -> None:
+        """Tasks whose data file is missing or shorter than their record (truncated by
+        hand, a restored backup, a full disk at creation) cannot be served: dropped."""
+        rows = self._db.execute(
+            "SELECT t.task_id, t.size, MAX(p.number * t.piece_length + p.length)"
+            " FROM tasks t LEFT JOIN pieces p ON p.task_id = t.task_id GROUP BY t.task_id"
+        ).fetchall()
+        for task_id, size, last_end in rows:
+            expected = size if size is not None else (last_end or 0)
+            try:
+                actual = self.data_path(task_id).stat().st_size
+            except FileNotFoundError:
+                actual = -1
+            if actual < expected:
+                log.warning(
+                    "dropped a task whose data file is shorter than its record",
+                    extra={"task": task_id, "bytes": max(actual, 0), "expected": expected},
+                )
+                self.delete(task_id)
 
     # --- metadata ---------------------------------------------------------
     def get(self, task_id: str) -> TaskRecord | None:
@@ -316,3 +362,41 @@ def read_chunks(fd: int, offset: int, length: int, chunk: int = READ_CHUNK) -> I
             raise PieceCorrupt(f"data file ends at {offset}, expected {end} bytes")
         offset += len(data)
         yield data
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open, configure and check the database (the module docstring says why WAL and
+    synchronous=NORMAL)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+        problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("quick_check: " + "; ".join(problems[:3]))
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    """The file's contents are bad (as opposed to the disk, permissions or a lock)."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or str(exc).startswith("quick_check:")
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename the database (and its WAL files) to ``store.db.damaged-<time>``: kept to
+    look at, out of the way of a new one."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> str:
+    return f"{path} (the store's database) cannot be used by the peer ({identity()}): {exc}"
