@@ -31,8 +31,10 @@ this drawing against the classes)::
     │   ├── StoreUnusable                peer/store/check.py: the directory cannot be used at all
     │   ├── StoreFull                    peer/store/piecestore.py: an object exceeds the quota
     │   │                                even after evicting
-    │   └── PieceCorrupt                 peer/store/piecestore.py: a stored piece fails its
-    │                                    digest; the task was dropped
+    │   ├── PieceCorrupt                 peer/store/piecestore.py: a stored piece fails its
+    │   │                                digest; the task was dropped
+    │   └── DiskFull                     peer/store/space.py: a write found no space on the
+    │                                    store's filesystem
     ├── TransferError                    errors.py: moving an object's bytes went wrong
     │   ├── OriginError                  peer/transfer/origin.py: the origin misbehaved on a
     │   │   │                            piece (status, range, length)

@@ -124,6 +124,11 @@ class UploadSection(ListenSection):
 class StorageSection(_Section):
     dir: str = "/var/cache/damselfly"
     quota: Size = Field(default=100 * 2**30, description="Bytes the store may hold.")
+    min_free: Size = Field(
+        default=2**30,
+        description="Bytes to leave free on the store's filesystem, whatever the quota: past "
+        "it the peer evicts, then forwards without storing, before the disk is full.",
+    )
     high_watermark_percent: int = Field(default=90, ge=1, le=100)
     low_watermark_percent: int = Field(default=70, ge=0, le=99)
     task_ttl: Seconds = Field(default=7 * 86400, description="Unused tasks older than this go.")

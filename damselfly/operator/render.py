@@ -170,10 +170,14 @@ def peer_config(cluster: P2PCluster, seed: bool) -> PeerConfig:
 
 
 def peer_config_yaml(cluster: P2PCluster, seed: bool) -> str:
-    """The peer.yaml of the ConfigMap. The transfer tunables stay at their defaults and
-    out of the file, so a peer of the previous version (unknown keys refused) reads it."""
+    """The peer.yaml of the ConfigMap. The transfer tunables and storage.minFree stay at
+    their defaults and out of the file, so a peer of the previous version (unknown keys
+    refused) reads it."""
     dumped = peer_config(cluster, seed).model_dump(
-        mode="json", by_alias=True, exclude_none=True, exclude={"transfer"}
+        mode="json",
+        by_alias=True,
+        exclude_none=True,
+        exclude={"transfer": True, "storage": {"min_free"}},
     )
     return yaml.safe_dump(dumped, sort_keys=False)
 

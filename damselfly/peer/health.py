@@ -18,6 +18,7 @@ from damselfly import __version__
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.rules.filesource import RulesSource
 from damselfly.peer.store.piecestore import PieceStore
+from damselfly.peer.store.space import free_bytes
 from damselfly.peer.transfer.cache import Cache
 from damselfly.web import healthz, readiness
 
@@ -67,8 +68,14 @@ class Health:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def readyz(self, _: web.Request) -> web.Response:
+        """Ready once every port serves. Store trouble (a full disk) does not make the
+        peer unready — it still serves hits and forwards — but is said in the body."""
         listeners = self.listeners
-        return readiness(bool(listeners) and all(server.is_serving() for server in listeners))
+        answer = readiness(bool(listeners) and all(server.is_serving() for server in listeners))
+        trouble = self.cache.trouble.reason
+        if trouble is not None and answer.status == 200:
+            answer.text = f"ready, store degraded: {trouble}\n"
+        return answer
 
     async def status(self, _: web.Request) -> web.Response:
         about = self.about
@@ -94,6 +101,10 @@ class Health:
                     "quotaBytes": about.quota_bytes,
                     "tasks": self.store.task_count(),
                     "activeDownloads": len(self.cache.active),
+                    "freeBytes": free_bytes(self.store.root),
+                    "minFreeBytes": self.cache.min_free,
+                    "trouble": self.cache.trouble.reason,
+                    "troubleSince": self.cache.trouble.since,
                 },
             }
         )

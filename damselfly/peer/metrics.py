@@ -93,6 +93,13 @@ class PeerMetrics:
             registry=r,
         )
 
+        self.store_errors = Counter(
+            "damselfly_peer_store_errors",
+            "Store failures, by kind (disk_full: a write found no space; no_room: an object "
+            "was forwarded unstored to keep storage.minFree free)",
+            ["kind"],
+            registry=r,
+        )
         self.parents_refused = Counter(
             "damselfly_peer_parents_refused",
             "Parent addresses from the scheduler that the egress guard refused to dial",

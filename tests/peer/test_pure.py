@@ -267,3 +267,34 @@ def test_parent_addresses_pass_the_egress_guard_only_when_they_are_one_peer() ->
         assert refusal is not None, address
         assert why in refusal, (address, refusal)
     assert parent_refusal("169.254.169.254", allow_link_local=True) is None
+
+
+def test_disk_space_rules() -> None:
+    import errno
+    import sqlite3
+
+    from damselfly.peer.store.gc import StoredTask, select_lru
+    from damselfly.peer.store.space import is_disk_full, shortfall
+
+    tasks = [
+        StoredTask("old", True, 10.0, 30),
+        StoredTask("busy", True, 5.0, 30),
+        StoredTask("new", True, 20.0, 30),
+    ]
+    assert select_lru(tasks, frozenset({"busy"}), 60, "disk") == [("old", "disk")]
+    assert select_lru(tasks, frozenset({"busy"}), 0, "disk") == [("old", "disk"), ("new", "disk")]
+    assert select_lru(tasks, frozenset(), 90, "disk") == []
+
+    assert shortfall(free=100, pending=10, incoming=50, min_free=40) == 0
+    assert shortfall(free=100, pending=10, incoming=60, min_free=40) == 10
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "full")
+    assert is_disk_full(wrapped)
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+    assert is_disk_full(full)
+    assert not is_disk_full(sqlite3.OperationalError("database is locked"))

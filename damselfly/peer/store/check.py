@@ -19,8 +19,15 @@ from pathlib import Path
 from damselfly.errors import StoreError
 
 # Files the peer keeps in the cache directory (the store's SQLite database and its
-# journal, the effective rules it renders) and must be able to rewrite.
-STATE_FILES = ("store.db", "store.db-wal", "store.db-shm", "effective.yaml", "effective.tmp")
+# journal, the effective rules it renders, the disk reserve) and must be able to rewrite.
+STATE_FILES = (
+    "store.db",
+    "store.db-wal",
+    "store.db-shm",
+    "effective.yaml",
+    "effective.tmp",
+    "reserve.bin",
+)
 _PROBE = ".damselfly-write-check"
 
 

@@ -62,3 +62,18 @@ def select_evictions(
             chosen.append((task.task_id, "watermark"))
             used -= task.stored_bytes
     return chosen
+
+
+def select_lru(
+    tasks: list[StoredTask], in_use: frozenset[str], target: int, reason: str
+) -> list[tuple[str, str]]:
+    """Least recently used tasks not in use, until the store holds at most ``target``
+    bytes (or nothing more can go): the disk-space evictions, at once."""
+    used = sum(task.stored_bytes for task in tasks)
+    chosen: list[tuple[str, str]] = []
+    for task in sorted((t for t in tasks if t.task_id not in in_use), key=lambda t: t.accessed):
+        if used <= target:
+            break
+        chosen.append((task.task_id, reason))
+        used -= task.stored_bytes
+    return chosen

@@ -12,6 +12,8 @@ OOM); only a power cut can lose the last commits, never corrupt the database —
 piece row lost that way is a piece fetched again, and a row whose bytes were lost
 is caught by the check on first read. A damaged database (not a database, a
 failed ``quick_check``) is moved aside at start-up and the store starts empty.
+``reserve.bin`` holds 8 MiB of the disk, released when a write finds the disk
+full so that the clean-up (deleting rows) has room, and taken again once there is.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ READ_CHUNK = 1 << 20
 IOV_BATCH = 512  # well under IOV_MAX (1024 on Linux)
 
 log = logging.getLogger(__name__)
+
+RESERVE_FILE = "reserve.bin"
+RESERVE_BYTES = 8 << 20  # room for SQLite's journal to record a clean-up on a full disk
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -110,6 +115,34 @@ class PieceStore:
         self._verified: set[tuple[str, float, int]] = set()  # task, created, piece
         self._remove_orphan_files()
         self._drop_short_files()
+        self.keep_reserve()
+
+    # --- the reserve: room to clean up in when the disk is full ----------------
+    @property
+    def reserve_path(self) -> Path:
+        return self.root / RESERVE_FILE
+
+    def keep_reserve(self) -> bool:
+        """Hold RESERVE_BYTES of the disk in a file (allocated, not sparse); False when
+        there is no room for it now. Releasing it is what lets SQLite record the
+        clean-up of a download that found the disk full."""
+        if self.reserve_path.exists():
+            return True
+        staged = self.reserve_path.with_suffix(".tmp")
+        try:
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+            os.replace(staged, self.reserve_path)
+        except OSError:
+            staged.unlink(missing_ok=True)
+            return False
+        return True
+
+    def release_reserve(self) -> None:
+        self.reserve_path.unlink(missing_ok=True)
 
     def _open_database(self, path: Path) -> sqlite3.Connection:
         """The store's SQLite database. A damaged one (not a database, malformed, a

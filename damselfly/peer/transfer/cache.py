@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 
 import aiohttp
@@ -12,7 +13,8 @@ from multidict import CIMultiDict
 from damselfly.config.peer import StorageSection, TransferSection
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.rules.taskid import TaskKey
-from damselfly.peer.store.gc import GcPolicy, StoredTask, select_evictions
+from damselfly.peer.store import space
+from damselfly.peer.store.gc import GcPolicy, StoredTask, select_evictions, select_lru
 from damselfly.peer.store.piecestore import PieceStore, StoreFull, TaskRecord
 from damselfly.peer.transfer.download import Download
 from damselfly.peer.transfer.fetch import P2P, Fetch
@@ -46,6 +48,9 @@ class Cache:
             low_watermark_percent=storage.low_watermark_percent,
             task_ttl=storage.task_ttl,
         )
+        self.min_free = storage.min_free
+        self.trouble = space.StoreTrouble()  # while set, /readyz and /status say why
+        self._to_drop: list[TaskRecord] = []  # dropped on a full disk, rows not yet deleted
         self.active: dict[str, Download] = {}
         self.serving: dict[str, int] = {}  # task id -> clients reading it from the store
         self._reserve_lock = asyncio.Lock()
@@ -88,6 +93,8 @@ class Cache:
     def _finished(self, download: Download) -> None:
         if self.active.get(download.key.task_id) is download:
             del self.active[download.key.task_id]
+        if download.complete:
+            self.trouble.clear()  # a whole object went in: the store takes writes again
         self.update_gauges()
 
     def begin_serving(self, task_id: str) -> None:
@@ -118,6 +125,26 @@ class Cache:
                     f"object of {size} bytes does not fit: {used} of {self.policy.quota} "
                     "bytes are held by downloads and reads in progress"
                 )
+            self._keep_min_free(size)
+
+    def _keep_min_free(self, size: int) -> None:
+        """Evict until ``size`` more bytes leave storage.minFree free on the filesystem;
+        StoreFull (the object is forwarded unstored) if even that is not enough."""
+        pending = self._pending_bytes()
+        free = space.free_bytes(self.store.root)
+        missing = space.shortfall(free, pending, size, self.min_free)
+        if missing:
+            self._evict_lru(self.store.used_bytes() - missing, "disk")
+            free = space.free_bytes(self.store.root)
+            missing = space.shortfall(free, pending, size, self.min_free)
+        if missing:
+            reason = (
+                f"{free} bytes free on the store's filesystem; storing {size} more would leave "
+                f"less than storage.minFree ({self.min_free}): forwarding without storing"
+            )
+            self.trouble.report(reason)
+            self.metrics.store_errors.labels(kind="no_room").inc()
+            raise StoreFull(reason)
 
     def _pending_bytes(self) -> int:
         """Bytes that running downloads have yet to write."""
@@ -153,6 +180,40 @@ class Cache:
         if running is None or running.record is not record:
             self.store.forget_pieces(record, numbers)
 
+    def disk_full(self, record: TaskRecord | None, error: str) -> None:
+        """A write found the disk full: the partial task goes (its file first: that is
+        the space SQLite needs to record the deletion), GC runs down to the low
+        watermark at once, and the trouble is reported until the store takes writes
+        again. Hits and forwarding go on meanwhile."""
+        self.metrics.store_errors.labels(kind="disk_full").inc()
+        self.trouble.report(f"disk full: {error}")
+        self.store.release_reserve()
+        if record is not None:
+            self.store.data_path(record.task_id).unlink(missing_ok=True)
+            self._to_drop.append(record)
+        self._clean_up_after_disk_full()
+        log.warning("disk full: download dropped", extra={"error": error})
+
+    def _clean_up_after_disk_full(self) -> None:
+        """Forget the dropped downloads and evict down to the low watermark; what a
+        disk still too full refuses is tried again at the next GC round."""
+        try:
+            while self._to_drop:
+                self.drop(self._to_drop[0], "disk_full")
+                self._to_drop.pop(0)
+            self._evict_lru(self.policy.low, "disk_full")
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("disk full: clean-up waits for room", extra={"error": str(exc)})
+        self.update_gauges()
+
+    def _evict_lru(self, target: int, reason: str) -> None:
+        tasks = [StoredTask(*row) for row in self.store.tasks()]
+        for task_id, why in select_lru(tasks, self.in_use(), target, reason):
+            self.store.data_path(task_id).unlink(missing_ok=True)
+            self.store.delete(task_id)
+            self.metrics.gc_evicted.labels(reason=why).inc()
+            log.info("evicted", extra={"task": task_id, "reason": why})
+
     def drop(self, record: TaskRecord, reason: str) -> None:
         """Remove a task whose stored bytes cannot be trusted (that generation of it only)."""
         self.store.delete(record.task_id, record.created)
@@ -167,6 +228,12 @@ class Cache:
         while True:
             await asyncio.sleep(interval)
             try:
+                if self._to_drop:
+                    self._clean_up_after_disk_full()
                 self.collect()
+                troubled = self.trouble.reason is not None
+                room = space.free_bytes(self.store.root) >= self.min_free
+                if troubled and room and self.store.keep_reserve():
+                    self.trouble.clear()  # room again: said without waiting for a download
             except Exception:
                 log.exception("gc failed")

@@ -24,6 +24,7 @@ from damselfly.api import scheduler as api
 from damselfly.config.peer import TransferSection
 from damselfly.peer.metrics import PeerMetrics
 from damselfly.peer.net.httputil import describe_error
+from damselfly.peer.store import space
 from damselfly.peer.store.objecthash import ObjectHasher
 from damselfly.peer.store.pieces import piece_length
 from damselfly.peer.store.piecestore import PieceStore, StoreFull, TaskRecord
@@ -56,6 +57,9 @@ class Keeper(Protocol):
 
     def drop(self, record: TaskRecord, reason: str) -> None:
         """Remove a task whose stored bytes must not be served or resumed."""
+
+    def disk_full(self, record: TaskRecord | None, error: str) -> None:
+        """A write found no space: drop the partial task and free room at once."""
 
 
 @dataclass
@@ -126,9 +130,13 @@ class Fetch:
             error = str(exc)
             log.warning("download failed", extra={"task": self.key.task_id, "error": error})
         except Exception as exc:
+            if space.is_disk_full(exc) and not isinstance(exc, space.DiskFull):
+                exc = space.DiskFull(f"no space left for the download: {describe_error(exc)}")
             self.download.failed(exc)
             error = describe_error(exc)
             log.warning("download failed", extra={"task": self.key.task_id, "error": error})
+            if isinstance(exc, space.DiskFull):
+                self.keeper.disk_full(self.download.record, error)
             if isinstance(exc, ObjectChangedUnderDownload):
                 changed = True
                 if self.download.record is not None:
@@ -299,6 +307,10 @@ class Fetch:
                         f"download ({exc})"
                     ) from exc
                 except (aiohttp.ClientError, OSError, TimeoutError, origin.OriginError) as exc:
+                    if space.is_disk_full(exc):  # no retry fills a full disk
+                        raise space.DiskFull(
+                            f"piece {number}: no space left: {describe_error(exc)}"
+                        ) from exc
                     failures[number] = failures.get(number, 0) + 1
                     if failures[number] >= self.transfer.piece_attempts:
                         raise DownloadFailed(
