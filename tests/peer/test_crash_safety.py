@@ -47,7 +47,7 @@ MiB = 1 << 20
 SIZE = 32 * MiB + 12345  # nine pieces of 4 MiB, the last one short
 PIECE = piece_length(SIZE)
 PIECES = -(-SIZE // PIECE)
-RATE = 16 * MiB  # bytes/s per origin request: a piece takes 0.25 s, the object ~0.8 s
+RATE = 10 * MiB  # bytes/s per origin request: a piece takes 0.4 s, the object ~1.2 s
 RULES = [{"regex": r"/files/"}]
 QUOTA = 2 << 30  # as peer_config sets it
 RUNS = 20
@@ -167,7 +167,7 @@ def wait_for_kill_point(
     just after the client finished. Never waits longer than 30 s."""
     deadline = time.monotonic() + 30
     if mode == "time":
-        deadline = time.monotonic() + rng.uniform(0.02, 0.8)
+        deadline = time.monotonic() + rng.uniform(0.02, 1.0)
     target = rng.randint(1, SIZE)
     baseline = counter_total(peer, "damselfly_peer_downloaded_bytes_total")
     while time.monotonic() < deadline and client.poll() is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.support.origin import Origin, start_origin
 from tests.support.peer import PeerHandle, peer_config, start_peer
@@ -158,3 +159,22 @@ def test_the_peer_stops_growing_before_the_disk_is_full(
     assert curl(peer, origin.url("files/small.bin"))[:2] == (0, small)
     assert curl(peer, origin.url("files/small.bin")) == (0, small, "hit")
     assert peer.status()["store"]["trouble"] is None
+
+
+def test_a_peer_starts_on_a_full_disk_and_serves_what_it_holds(
+    processes,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    small_disk: Path,
+    origin: Origin,
+) -> None:
+    first = disk_peer(processes, tmp_path, small_disk, min_free=0)
+    small = (origin.directory / "files" / "small.bin").read_bytes()
+    assert curl(first, origin.url("files/small.bin"))[:2] == (0, small)
+    first.proc.stop()
+    fill(small_disk, leave=0)
+
+    config = yaml.safe_load(first.config_path.read_text())
+    again = start_peer(processes, tmp_path, config=config, name="peer-again")  # ready
+    assert "store degraded: disk full" in readyz(again)
+    assert curl(again, origin.url("files/small.bin")) == (0, small, "hit")
+    assert curl(again, origin.url("other/page.txt"))[:2] == (0, b"not cached\n" * 100)

@@ -33,6 +33,7 @@ from damselfly.errors import StoreError
 from damselfly.peer.store.check import StoreUnusable, identity
 from damselfly.peer.store.digest import PieceHasher
 from damselfly.peer.store.pieces import Piece, piece_at, piece_count
+from damselfly.peer.store.space import free_bytes, is_disk_full
 from damselfly.peer.store.writer import PieceWriter
 
 READ_CHUNK = 1 << 20
@@ -151,6 +152,12 @@ class PieceStore:
         try:
             return _connect(path)
         except sqlite3.DatabaseError as exc:
+            # SQLite says "disk I/O error" when it cannot grow its shared-memory file
+            full = is_disk_full(exc) or free_bytes(self.root) < RESERVE_BYTES
+            if full and self.reserve_path.exists():
+                log.warning("disk full at start-up: the store's reserve released to open it")
+                self.release_reserve()
+                return self._open_database(path)
             if not _damaged(exc):
                 raise StoreUnusable(_unusable(path, exc)) from None
             aside = _move_aside(path)

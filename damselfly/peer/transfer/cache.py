@@ -51,6 +51,8 @@ class Cache:
         self.min_free = storage.min_free
         self.trouble = space.StoreTrouble()  # while set, /readyz and /status say why
         self._to_drop: list[TaskRecord] = []  # dropped on a full disk, rows not yet deleted
+        if not store.reserve_path.exists():
+            self.trouble.report("disk full: no room for the store's reserve at start-up")
         self.active: dict[str, Download] = {}
         self.serving: dict[str, int] = {}  # task id -> clients reading it from the store
         self._reserve_lock = asyncio.Lock()
