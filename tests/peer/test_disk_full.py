@@ -8,6 +8,7 @@ shares. A real peer and a real origin; the client is curl.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
@@ -78,11 +79,22 @@ def curl(peer: PeerHandle, url: str) -> tuple[int, bytes, str]:
 
 
 def fill(disk: Path, leave: int) -> Path:
-    """A workload's file, taking all but ``leave`` bytes of the disk."""
+    """A workload's file, taking all but ``leave`` bytes of the disk (or all of it, when
+    the peer writes at the same time)."""
     workload = disk / "workload.bin"
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    stat = os.statvfs(disk)
+    left = stat.f_bavail * stat.f_frsize - leave
+    block = b"\0" * MiB
     with workload.open("wb") as handle:
-        handle.write(b"\0" * (free - leave))
+        while left > 0:
+            try:
+                handle.write(block[: min(left, MiB)])
+                handle.flush()
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+            left -= MiB
     return workload
 
 

@@ -115,7 +115,7 @@ class UploadServer:
                 complete = download.complete
                 if complete:
                     await response.write(peerwire.render(peerwire.Complete(size=record.size)))
-        except ConnectionResetError:
+        except ConnectionError:
             pass  # the child has what it needs and hung up: normal, not an error
         return response
 
@@ -173,7 +173,7 @@ class UploadServer:
                     raise ConnectionResetError("data file shorter than its piece")
                 try:
                     await response.write(data)
-                except ConnectionResetError as exc:
+                except ConnectionError as exc:  # reset, or "Connection lost" while draining
                     # A child that hangs up mid-piece (it cancelled, timed out, or
                     # stopped) is routine: a line, not aiohttp's error traceback.
                     log.info(
