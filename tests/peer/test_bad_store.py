@@ -50,6 +50,24 @@ def log_messages(peer: PeerHandle) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def stopped_after_a_fetch(
+    processes: Any, tmp_path: Path, origin: Origin
+) -> tuple[PeerHandle, str, bytes]:
+    """A peer that stored the object whole, then stopped: its store is what we damage."""
+    url = origin.url("files/model.bin")
+    expected = (origin.directory / "files" / "model.bin").read_bytes()
+    peer = start_peer(processes, tmp_path, rule_list=[{"regex": r"/files/"}])
+    assert fetch(peer, url) == expected
+    peer.proc.stop()
+    return peer, url, expected
+
+
+def restarted(processes: Any, tmp_path: Path, peer: PeerHandle) -> PeerHandle:
+    """A new peer on the same config and store (start_peer waits until it is ready)."""
+    config = yaml.safe_load(peer.config_path.read_text())
+    return start_peer(processes, tmp_path, config=config, name="peer-again")
+
+
 def garbage(store: Path) -> None:
     (store / "store.db").write_bytes(b"this is not SQLite\n" * 1000)
     for suffix in ("-wal", "-shm"):
@@ -71,15 +89,10 @@ def test_a_damaged_database_is_moved_aside_and_the_store_starts_empty(
     origin: Origin,
     damage: str,
 ) -> None:
-    url = origin.url("files/model.bin")
-    expected = (origin.directory / "files" / "model.bin").read_bytes()
-    first = start_peer(processes, tmp_path, rule_list=[{"regex": r"/files/"}])
-    assert fetch(first, url) == expected
-    first.proc.stop()
+    first, url, expected = stopped_after_a_fetch(processes, tmp_path, origin)
     DAMAGE[damage](first.store_dir)
 
-    config = yaml.safe_load(first.config_path.read_text())
-    again = start_peer(processes, tmp_path, config=config, name="peer-again")
+    again = restarted(processes, tmp_path, first)
     assert again.status()["store"]["tasks"] == 0, "started empty"
     assert fetch(again, url) == expected
     assert origin.hits("files/model.bin") >= 2, "what it had could not be trusted: refetched"
@@ -96,16 +109,11 @@ def test_a_task_file_shorter_than_its_record_is_dropped(
     tmp_path: Path,
     origin: Origin,
 ) -> None:
-    url = origin.url("files/model.bin")
-    expected = (origin.directory / "files" / "model.bin").read_bytes()
-    first = start_peer(processes, tmp_path, rule_list=[{"regex": r"/files/"}])
-    assert fetch(first, url) == expected
-    first.proc.stop()
+    first, url, expected = stopped_after_a_fetch(processes, tmp_path, origin)
     (data_file,) = (first.store_dir / "data").glob("*/*")
     os.truncate(data_file, 3 * MiB)
 
-    config = yaml.safe_load(first.config_path.read_text())
-    again = start_peer(processes, tmp_path, config=config, name="peer-again")
+    again = restarted(processes, tmp_path, first)
     assert again.status()["store"]["tasks"] == 0
     dropped = [m for m in log_messages(again) if m["msg"].startswith("dropped a task")]
     assert [(m["bytes"], m["expected"]) for m in dropped] == [(3 * MiB, len(expected))]
