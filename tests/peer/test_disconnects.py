@@ -65,12 +65,18 @@ def test_clients_and_children_hanging_up_are_info_lines(processes, tmp_path: Pat
 
     # A child that asks for a piece on the upload port and hangs up after a few bytes.
     port = int(peer.status()["uploadPort"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as child:
+    # A small receive buffer keeps the piece from fitting in the sockets' buffers, so
+    # the upload server is still writing when the reset comes.
+    with socket.socket() as child:
+        child.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        child.settimeout(5)
+        child.connect(("127.0.0.1", port))
         child.sendall(
             f"GET /v1/tasks/{digest} HTTP/1.1\r\nHost: x\r\n"
             f"Range: bytes=0-{4 * MiB - 1}\r\n\r\n".encode()
         )
         assert child.recv(4096).startswith(b"HTTP/1.1 206")
+        time.sleep(0.5)  # the server fills what the window allows and waits to drain
         child.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     time.sleep(1)
 
