@@ -51,6 +51,7 @@ class Cache:
         self.min_free = storage.min_free
         self.trouble = space.StoreTrouble()  # while set, /readyz and /status say why
         self._to_drop: list[TaskRecord] = []  # dropped on a full disk, rows not yet deleted
+        self._room_wanted = 0  # free bytes (beyond minFree) that end a disk-full trouble
         if not store.reserve_path.exists():
             self.trouble.report("disk full: no room for the store's reserve at start-up")
         self.active: dict[str, Download] = {}
@@ -96,7 +97,7 @@ class Cache:
         if self.active.get(download.key.task_id) is download:
             del self.active[download.key.task_id]
         if download.complete:
-            self.trouble.clear()  # a whole object went in: the store takes writes again
+            self._clear_trouble()  # a whole object went in: the store takes writes again
         self.update_gauges()
 
     def begin_serving(self, task_id: str) -> None:
@@ -189,12 +190,19 @@ class Cache:
         again. Hits and forwarding go on meanwhile."""
         self.metrics.store_errors.labels(kind="disk_full").inc()
         self.trouble.report(f"disk full: {error}")
+        # Over once the object that did not fit would (or another download completes).
+        size = record.size if record is not None and record.size else 0
+        self._room_wanted = max(self._room_wanted, size)
         self.store.release_reserve()
         if record is not None:
             self.store.data_path(record.task_id).unlink(missing_ok=True)
             self._to_drop.append(record)
         self._clean_up_after_disk_full()
         log.warning("disk full: download dropped", extra={"error": error})
+
+    def _clear_trouble(self) -> None:
+        self.trouble.clear()
+        self._room_wanted = 0
 
     def _clean_up_after_disk_full(self) -> None:
         """Forget the dropped downloads and evict down to the low watermark; what a
@@ -234,8 +242,8 @@ class Cache:
                     self._clean_up_after_disk_full()
                 self.collect()
                 troubled = self.trouble.reason is not None
-                room = space.free_bytes(self.store.root) >= self.min_free
+                room = space.free_bytes(self.store.root) >= self.min_free + self._room_wanted
                 if troubled and room and self.store.keep_reserve():
-                    self.trouble.clear()  # room again: said without waiting for a download
+                    self._clear_trouble()  # room again: said without waiting for a download
             except Exception:
                 log.exception("gc failed")
