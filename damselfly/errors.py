@@ -12,8 +12,10 @@ this drawing against the classes)::
     │   │                                or invalid; the message names the bad keys
     │   ├── RenderError                  operator/render_cli.py: a file given to ``render``
     │   │                                (or a resource in it) cannot be rendered
-    │   └── RulesRejected                peer/rules/filesource.py: a rules version the peer
-    │                                    cannot use; it keeps the rules it has
+    │   ├── RulesRejected                peer/rules/filesource.py: a rules version the peer
+    │   │                                cannot use; it keeps the rules it has
+    │   └── TokenFileError               sharedtoken.py: the shared token file cannot be read
+    │                                    or holds no usable token
     ├── RequestError                     errors.py: a client's request gets no object
     │   ├── Refused                      peer/net/access.py: policy says no: 403 or 407
     │   ├── UnsatisfiableRange           peer/net/ranges.py: a Range outside the object: 416

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from damselfly.api import hashring
 from damselfly.api import scheduler as api
 from damselfly.errors import ServiceError, describe_validation
+from damselfly.sharedtoken import SharedToken, outgoing
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -65,17 +66,24 @@ class SchedulerClient:
     """Typed calls to the scheduler API with per-task replica choice and fail-over.
 
     ``timeout`` bounds each attempt; a call tries each replica at most once,
-    so the worst case is ``len(addresses) * timeout``.
+    so the worst case is ``len(addresses) * timeout``. With a shared ``token``
+    every request carries it (the session also serves origins, so not as a
+    session default).
     """
 
     def __init__(
-        self, addresses: Sequence[str], session: aiohttp.ClientSession, timeout: float
+        self,
+        addresses: Sequence[str],
+        session: aiohttp.ClientSession,
+        timeout: float,
+        token: SharedToken | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("SchedulerClient needs at least one scheduler address")
         self.addresses = list(dict.fromkeys(normalize_address(a) for a in addresses))
         self.session = session
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        self.token = token
 
     def order(self, task_id: str) -> list[str]:
         """Replicas for ``task_id``: its owner first, then the fail-over order."""
@@ -85,7 +93,7 @@ class SchedulerClient:
         async with self.session.post(
             address + path,
             data=body.to_json(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **outgoing(self.token)},
             timeout=self.timeout,
         ) as resp:
             text = await resp.text()

@@ -39,6 +39,7 @@ from damselfly.peer.transfer.fetch import P2P
 from damselfly.peer.transfer.parents import HttpParents
 from damselfly.peer.transfer.rangefetch import RangeFetcher
 from damselfly.peer.transfer.session import Scheduled
+from damselfly.sharedtoken import SharedToken, TokenFileError, require_token
 from damselfly.web import serve_app
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,13 @@ class Peer:
 
     The composition root: it builds the parts and connects them, and does nothing
     itself. Parts that need the event loop or the store directory are None until
-    ``start``; the ports are 0 until bound.
+    ``start``; the ports are 0 until bound. With a shared ``token`` the upload
+    port asks for it, and requests to parents and schedulers carry it.
     """
 
-    def __init__(self, config: PeerConfig) -> None:
+    def __init__(self, config: PeerConfig, token: SharedToken | None = None) -> None:
         self.config = config
+        self.token = token
         self.host_id = config.host_id or socket.gethostname()
         self.metrics = PeerMetrics()
         self.started_at = time.time()
@@ -102,6 +105,7 @@ class Peer:
                     config.scheduler.piece_timeout,
                     config.proxy.allow_link_local,
                     refused=lambda _host: self.metrics.parents_refused.inc(),
+                    token=self.token,
                 ),
                 stall_timeout=config.scheduler.stall_timeout,
             )
@@ -134,7 +138,9 @@ class Peer:
         self.upload = UploadServer(
             self.cache, config.upload.slots, seeder.seed if seeder else None, per_task
         )
-        self.upload_port = await self._serve_app(self.upload.app(), config.upload)
+        guard = require_token(self.token, refused=self.metrics.unauthorized.inc)
+        upload_app = self.upload.app(guard)
+        self.upload_port = await self._serve_app(upload_app, config.upload)
         about = About(
             host_id=self.host_id,
             seed=config.seed,
@@ -180,6 +186,7 @@ class Peer:
                 "store": str(storage),
                 "host_id": self.host_id,
                 "seed": config.seed,
+                "shared_token": self.token is not None,
             },
         )
 
@@ -188,7 +195,10 @@ class Peer:
             return None
         assert self.session is not None
         return SchedulerClient(
-            self.config.scheduler.addresses, self.session, self.config.scheduler.timeout
+            self.config.scheduler.addresses,
+            self.session,
+            self.config.scheduler.timeout,
+            self.token,
         )
 
     def advertise_ip(self) -> str:
@@ -264,7 +274,7 @@ class Peer:
 async def ephemeral_proxy(config: PeerConfig) -> AsyncIterator[str]:
     """A peer in this process while the block runs; yields its proxy's URL
     (``damselfly get`` without a running peer)."""
-    peer = Peer(config)
+    peer = Peer(config, SharedToken.from_env())
     await peer.start()
     try:
         yield f"http://127.0.0.1:{peer.proxy_port}"
@@ -272,8 +282,8 @@ async def ephemeral_proxy(config: PeerConfig) -> AsyncIterator[str]:
         await peer.stop()
 
 
-async def run_until_signalled(config: PeerConfig) -> None:
-    peer = Peer(config)
+async def run_until_signalled(config: PeerConfig, token: SharedToken | None) -> None:
+    peer = Peer(config, token)
     await peer.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -303,13 +313,14 @@ def fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        token = SharedToken.from_env()
+    except (ConfigError, TokenFileError) as exc:
         return fail(str(exc))
     if args.seed:
         config = config.model_copy(update={"seed": True})
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run_until_signalled(config))
+            asyncio.run(run_until_signalled(config, token))
     except StoreUnusable as exc:
         return fail(str(exc))
     return 0

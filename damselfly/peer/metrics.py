@@ -100,6 +100,11 @@ class PeerMetrics:
             ["kind"],
             registry=r,
         )
+        self.unauthorized = Counter(
+            "damselfly_peer_unauthorized_requests",
+            "Requests to the upload port refused because they lacked the shared token",
+            registry=r,
+        )
         self.parents_refused = Counter(
             "damselfly_peer_parents_refused",
             "Parent addresses from the scheduler that the egress guard refused to dial",

@@ -15,14 +15,21 @@ from damselfly import __version__
 from damselfly.config.load import ConfigError
 from damselfly.config.scheduler import SchedulerConfig, load_config
 from damselfly.scheduler.service import SchedulerService
+from damselfly.sharedtoken import SharedToken, TokenFileError
 from damselfly.web import serve_app
 
 log = logging.getLogger(__name__)
 
 
-async def serve(config: SchedulerConfig, host: str, port: int, metrics_port: int) -> None:
+async def serve(
+    config: SchedulerConfig,
+    host: str,
+    port: int,
+    metrics_port: int,
+    token: SharedToken | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT, then stop accepting, finish, and release the ports."""
-    service = SchedulerService(config)
+    service = SchedulerService(config, token=token)
     await service.start()
     runners: list[web.AppRunner] = []
     try:
@@ -38,6 +45,7 @@ async def serve(config: SchedulerConfig, host: str, port: int, metrics_port: int
                 "metrics": f"{host}:{bound_metrics}",
                 "candidate_parents": config.candidate_parents,
                 "announce_interval": config.announce_interval,
+                "shared_token": token is not None,
             },
         )
         stop = asyncio.Event()
@@ -56,12 +64,13 @@ async def serve(config: SchedulerConfig, host: str, port: int, metrics_port: int
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        token = SharedToken.from_env()
+    except (ConfigError, TokenFileError) as exc:
         print(f"damselfly scheduler: {exc}", file=sys.stderr)
         return 2
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(config, args.host, args.port, args.metrics_port))
+            asyncio.run(serve(config, args.host, args.port, args.metrics_port, token))
     except OSError as exc:
         print(f"damselfly scheduler: cannot listen: {exc}", file=sys.stderr)
         return 1

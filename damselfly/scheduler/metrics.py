@@ -78,6 +78,11 @@ class SchedulerMetrics:
         self.task_results = Counter(
             f"{ns}_task_results", "Task results reported.", ["result"], registry=self.registry
         )
+        self.unauthorized = Counter(
+            f"{ns}_unauthorized_requests",
+            "API requests refused because they lacked the shared token.",
+            registry=self.registry,
+        )
         self.parent_failures = Counter(
             f"{ns}_parent_failures",
             "Parent failures reported.",

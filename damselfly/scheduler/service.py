@@ -24,6 +24,7 @@ from damselfly.config.scheduler import SchedulerConfig
 from damselfly.errors import describe_validation
 from damselfly.scheduler.metrics import SchedulerMetrics
 from damselfly.scheduler.resources import Decision, Resources
+from damselfly.sharedtoken import SharedToken, outgoing, require_token
 from damselfly.web import healthz, readiness
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,20 @@ def reply(model: api.Model) -> web.Response:
 
 
 class SchedulerService:
-    """Owns the state, the metrics and the client session used to trigger seeds."""
+    """Owns the state, the metrics and the client session used to trigger seeds.
 
-    def __init__(self, config: SchedulerConfig, resources: Resources | None = None) -> None:
+    With a shared ``token`` the API answers only requests that carry it, and the
+    seed triggers carry it to the seeds' upload servers (see sharedtoken.py).
+    """
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        resources: Resources | None = None,
+        token: SharedToken | None = None,
+    ) -> None:
         self.config = config
+        self.token = token
         self.limits = config.limits()
         self.resources = resources or Resources(self.limits)
         self.metrics = SchedulerMetrics()
@@ -94,7 +105,8 @@ class SchedulerService:
     # -- apps ----------------------------------------------------------------
 
     def api_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        guard = require_token(self.token, refused=self.metrics.unauthorized.inc)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=guard)
         routes: list[tuple[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
             (api.ANNOUNCE_PATH, self.announce),
             (api.REGISTER_PATH, self.register),
@@ -251,7 +263,7 @@ class SchedulerService:
         url = f"http://{_host_literal(ip)}:{port}{api.SEED_PATH}"
         try:
             async with self._session.post(
-                url, data=body, headers={"Content-Type": "application/json"}
+                url, data=body, headers={"Content-Type": "application/json", **outgoing(self.token)}
             ) as resp:
                 ok = 200 <= resp.status < 300
                 if not ok:

@@ -27,7 +27,7 @@ Behaviours are chosen per request by query flags, or per path by a leading
 
 ``GET /__stats`` returns JSON: per path (without query or ``@`` segment) the
 number of requests and each request's method, query, Range, Accept-Encoding,
-status and body bytes sent. ``POST /__stats/reset`` clears it.
+Authorization, status and body bytes sent. ``POST /__stats/reset`` clears it.
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ class OriginApp:
             "query": request.rel_url.raw_query_string,  # as sent, not decoded
             "range": request.headers.get("Range"),
             "accept_encoding": request.headers.get("Accept-Encoding"),
+            "authorization": request.headers.get("Authorization"),
             "status": None,
             "bytes_sent": 0,
             "time": time.time(),

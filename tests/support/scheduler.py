@@ -35,8 +35,10 @@ def start_scheduler(
     name: str = "scheduler",
     config: dict[str, Any] | None = None,
     ports: tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
 ) -> SchedulerHandle:
-    """Start a scheduler on loopback and wait until it is ready."""
+    """Start a scheduler on loopback and wait until it is ready (``env`` adds to its
+    environment)."""
     port, metrics_port = ports or tuple(free_ports(2))
     argv = [
         sys.executable,
@@ -56,6 +58,6 @@ def start_scheduler(
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         argv += ["-c", str(path)]
-    proc = processes.start(name, argv)
+    proc = processes.start(name, argv, env=env)
     wait_until(http_ok(f"http://127.0.0.1:{port}/readyz"), 30, f"{name} ready", proc=proc)
     return SchedulerHandle(proc, port, metrics_port)

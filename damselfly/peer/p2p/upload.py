@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 
 from damselfly.api import peerwire
@@ -54,8 +55,9 @@ class UploadServer:
     def slots_free(self) -> int:
         return max(0, self.slots_total - self.uploads)
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def app(self, middlewares: Sequence[Middleware] = ()) -> web.Application:
+        """The routes; ``middlewares`` guard them (the shared token's check)."""
+        app = web.Application(middlewares=middlewares)
         app.router.add_get(peerwire.PIECE_STREAM_ROUTE, self.piece_stream)
         app.router.add_get(peerwire.PIECE_ROUTE, self.piece_data)
         app.router.add_post(api.SEED_PATH, self.seed)

@@ -19,6 +19,7 @@ from damselfly.api import scheduler as api
 from damselfly.errors import TransferError
 from damselfly.peer.net.access import parent_refusal
 from damselfly.peer.store.pieces import Piece
+from damselfly.sharedtoken import SharedToken, outgoing
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class HttpParents:
 
     Every address is checked by the egress guard before it is dialled
     (``net.access.parent_refusal``); ``refused`` hears of each refusal (a metric).
+    With a shared ``token`` every request carries it; a parent that answers 401
+    holds another token (or none yet, mid-rollout) and counts as unreachable.
     """
 
     def __init__(
@@ -62,8 +65,10 @@ class HttpParents:
         piece_timeout: float,
         allow_link_local: bool = False,
         refused: Callable[[str], None] | None = None,
+        token: SharedToken | None = None,
     ) -> None:
         self.session = session
+        self.token = token
         self.piece_timeout = piece_timeout
         self.allow_link_local = allow_link_local
         self.refused = refused
@@ -86,7 +91,9 @@ class HttpParents:
         self._guard(parent)
         url = base_url(parent) + peerwire.piece_stream_path(task_id)
         async with self.session.get(
-            url, timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+            url,
+            headers=outgoing(self.token),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None),
         ) as response:
             if response.status != 200:
                 raise ParentError(parent.host_id, "unreachable", f"{url}: {response.status}")
@@ -99,7 +106,7 @@ class HttpParents:
         try:
             response = await self.session.get(
                 base_url(parent) + peerwire.piece_path(task_id),
-                headers={"Range": f"bytes={piece.offset}-{piece.end - 1}"},
+                headers={"Range": f"bytes={piece.offset}-{piece.end - 1}", **outgoing(self.token)},
                 timeout=aiohttp.ClientTimeout(total=self.piece_timeout, sock_connect=5),
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
