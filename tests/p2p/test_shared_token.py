@@ -25,9 +25,9 @@ from damselfly.api import peerwire
 from damselfly.api import scheduler as api
 from damselfly.peer.rules.taskid import task_key
 from damselfly.sharedtoken import ENV_VAR
-from tests.p2p.test_swarm import fetch, origin_bytes, sha256
+from tests.p2p.test_swarm import fetch, origin_bytes, sha256, swarm_peer
 from tests.support.origin import Origin, start_origin
-from tests.support.peer import PeerHandle, start_peer
+from tests.support.peer import PeerHandle
 from tests.support.procs import wait_until
 from tests.support.scheduler import SchedulerHandle, start_scheduler
 
@@ -49,21 +49,9 @@ def token_file(tmp_path: Path, name: str, text: str) -> dict[str, str]:
 def member(
     processes: Any, tmp_path: Path, name: str, scheduler: SchedulerHandle, env: dict[str, str]
 ) -> PeerHandle:
-    return start_peer(
-        processes,
-        tmp_path,
-        name=name,
-        rule_list=RULES,
-        hostId=name,
-        seed=name.startswith("seed"),
-        env=env,
-        scheduler={
-            "addresses": [scheduler.address],
-            "announceInterval": ANNOUNCE,
-            "stallTimeout": 3,
-            "pieceTimeout": 5,
-        },
-    )
+    """A swarm peer (a seed when its name says so) with ``env``'s token file."""
+    seed = name.startswith("seed")
+    return swarm_peer(processes, tmp_path, name, [scheduler.address], seed=seed, env=env)
 
 
 def upload_port(peer: PeerHandle) -> int:

@@ -54,6 +54,7 @@ def swarm_peer(
     schedulers: list[str],
     seed: bool = False,
     upload: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
     **scheduler_settings: Any,
 ) -> PeerHandle:
     return start_peer(
@@ -63,6 +64,7 @@ def swarm_peer(
         rule_list=RULES,
         hostId=name,
         seed=seed,
+        env=env,
         upload=upload or {},
         scheduler={
             "addresses": schedulers,
